@@ -1,0 +1,3 @@
+"""msrpc: Twisted-native RPC with service discovery."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,49 @@
+"""
+Registry selection shared by ``twistd msrpc`` and the ``msrpc`` CLI.
+
+Each backend module exposes ``OPTIONS`` (``usage.Options`` optParameters rows) and
+``from_options(reactor, options) -> IRegistry``; this module only collects them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping
+
+from twisted.python import usage
+
+from msrpc.registry.interface import IRegistry
+
+#: backend name → module implementing it.
+BACKENDS: dict[str, str] = {
+    "local": "msrpc.registry.local",
+    "static": "msrpc.registry.static",
+}
+
+DEFAULT_BACKEND = "local"
+
+
+def backend_module(name: str) -> Any:
+    try:
+        module_name = BACKENDS[name]
+    except KeyError:
+        raise usage.UsageError(
+            f"unknown registry {name!r}; choose one of: {', '.join(sorted(BACKENDS))}")
+    return importlib.import_module(module_name)
+
+
+def registry_parameters() -> list[list[Any]]:
+    """``--registry`` plus every backend's own options, for an Options class."""
+    rows: list[list[Any]] = [
+        ["registry", "r", DEFAULT_BACKEND,
+         f"Service registry backend: {', '.join(sorted(BACKENDS))}."],
+    ]
+    for name in BACKENDS:
+        rows.extend(backend_module(name).OPTIONS)
+    return rows
+
+
+def make_registry(reactor: Any, options: Mapping[str, Any]) -> IRegistry:
+    """Build the registry the options name."""
+    module = backend_module(options.get("registry") or DEFAULT_BACKEND)
+    return module.from_options(reactor, options)
