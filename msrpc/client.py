@@ -1,0 +1,379 @@
+"""
+The client: ``client.call("arith", "add", 1, 2)`` → Deferred.
+
+A call resolves the service from the resolver's cache, lets the balancer pick an instance,
+sends on that instance's multiplexed connection and waits under a deadline (one shared
+timer for all calls, see ``msrpc.deadline``).  Failures are retried on another instance
+only when the call surely did not run, or when the method is declared idempotent.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from msrpc import compress
+from msrpc.balance import Balancer, make_balancer
+from msrpc.codec import SERIALIZERS, make_codecs
+from msrpc.deadline import Deadlines
+from msrpc.health import EjectionPolicy, Health
+from msrpc.errors import (
+    CallTimeout, ConnectionLost, EncodeError, MsrpcError, Unavailable,
+)
+from msrpc.pool import Connector, Endpoint, Pool, PoolSettings, tcp_connector
+from msrpc.protocol import ProtocolSettings, RpcProtocol
+from msrpc.registry.interface import IRegistry
+from msrpc.resolver import Resolver, ServiceView
+from msrpc.sweep import CLIENT_KEEPALIVE, KeepaliveSettings, Sweeper
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """
+    ``max_attempts`` counts the first try.  Backoff before each retry is jittered
+    exponential between ``backoff_initial`` and ``backoff_max``, and never runs past the
+    call's deadline.
+    """
+
+    max_attempts: int = 3
+    backoff_initial: float = 0.005
+    backoff_max: float = 0.5
+
+    def delay(self, retry: int) -> float:
+        base = min(self.backoff_max, self.backoff_initial * (2 ** (retry - 1)))
+        return base * (0.5 + random.random() / 2)
+
+
+#: Errors after which an idempotent call may run again elsewhere (it may have run once).
+IDEMPOTENT_RETRY = (ConnectionLost, Unavailable)
+
+
+class Call:
+    """One logical call, across its attempts.  The protocol reports back to it."""
+
+    __slots__ = ("client", "service", "method", "args", "kwargs", "meta", "deferred",
+                 "deadline", "timeout", "key", "idempotent", "attempts", "tried", "protocol",
+                 "rid", "endpoint", "retry_timer", "done")
+
+    def __init__(self, client: "Client", service: str, method: str, args: Any,
+                 kwargs: Any, meta: dict[str, Any], timeout: float, key: Any,
+                 idempotent: bool) -> None:
+        self.client = client
+        self.service = service
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.meta = meta
+        self.timeout = timeout
+        self.key = key
+        self.idempotent = idempotent
+        self.deferred: Deferred[Any] = Deferred(self._cancelled)
+        self.deadline = 0.0
+        self.attempts = 0
+        self.tried: Optional[set[Endpoint]] = None
+        self.protocol: Optional[RpcProtocol] = None
+        self.rid = 0
+        self.endpoint: Optional[Endpoint] = None
+        self.retry_timer: Optional[IDelayedCall] = None
+        self.done = False
+
+    def succeeded(self, data: Any) -> None:
+        self.done = True
+        client = self.client
+        client._deadlines.discard(self)
+        endpoint = self.endpoint
+        if endpoint.strikes:  # type: ignore[union-attr]
+            client._health.success(endpoint)
+        if endpoint.closing:  # type: ignore[union-attr]
+            client._pool.close_when_idle(endpoint)  # type: ignore[arg-type]
+        self.deferred.callback(data)
+
+    def failed(self, error: MsrpcError) -> None:
+        self.client._failed(self, error)
+
+    def _cancelled(self, deferred: Deferred[Any]) -> None:
+        # Deferred.cancel errbacks with CancelledError after this returns.
+        self.client._abandon(self)
+
+    def __repr__(self) -> str:
+        return f"<Call {self.service}.{self.method} attempts={self.attempts}>"
+
+
+class Proxy:
+    """``client.proxy("arith").add(1, 2)``: attribute access makes remote methods."""
+
+    def __init__(self, client: "Client", service: str, timeout: Optional[float],
+                 idempotent: Iterable[str], key: Any) -> None:
+        self._client = client
+        self._service = service
+        self._timeout = timeout
+        self._idempotent = frozenset(idempotent)
+        self._key = key
+
+    def __getattr__(self, method: str) -> Callable[..., "Deferred[Any]"]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        client, service = self._client, self._service
+        timeout, key = self._timeout, self._key
+        idempotent = method in self._idempotent or None
+
+        def remote(*args: Any, **kwargs: Any) -> "Deferred[Any]":
+            return client.invoke(service, method, args, kwargs, timeout=timeout, key=key,
+                                 idempotent=idempotent)
+
+        remote.__name__ = method
+        self.__dict__[method] = remote
+        return remote
+
+    def __repr__(self) -> str:
+        return f"<Proxy {self._service}>"
+
+
+class Client:
+    """
+    Calls services found in ``registry``.  One client is meant to be shared by a whole
+    process: it owns the cache, the connections and the one deadline timer.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, registry: IRegistry, *,
+                 timeout: float = 10.0,
+                 balancer: str | Mapping[str, str] = "weighted_random",
+                 serializer: str = "msgpack",
+                 compression: str = "none",
+                 retry: RetryPolicy = RetryPolicy(),
+                 idempotent: Iterable[str] = (),
+                 token: Optional[str] = None,
+                 tls: Optional[Callable[[str], Any]] = None,
+                 connector: Optional[Connector] = None,
+                 keepalive: KeepaliveSettings = CLIENT_KEEPALIVE,
+                 pool: PoolSettings = PoolSettings(),
+                 settings: Optional[ProtocolSettings] = None,
+                 ejection: EjectionPolicy = EjectionPolicy()) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.reactor = reactor
+        self.registry = registry
+        self.timeout = timeout
+        self.retry = retry
+        #: "service.method" names that are safe to run twice.
+        self.idempotent = set(idempotent)
+        self.token = token
+        if settings is None:
+            try:
+                ser = SERIALIZERS[serializer]
+            except KeyError:
+                raise ValueError(f"unknown serializer {serializer!r}") from None
+            settings = ProtocolSettings(codecs=make_codecs(), serializer=ser,
+                                        compression=compress.parse_name(compression))
+        self.settings = settings
+        self._balancers = balancer
+        self._sweeper = Sweeper(reactor, keepalive)
+        if connector is None:
+            connector = tcp_connector(reactor, pool.connect_timeout, tls)
+        self._pool = Pool(reactor, settings, self._sweeper, pool, connector)
+        self._resolver = Resolver(registry, self._pool, self._balancer_for)
+        self._deadlines: Deadlines[Call] = Deadlines(reactor, self._expired)
+        self._health = Health(reactor, self._resolver, ejection)
+        self.stats: Counter[str] = Counter()
+        self.closed = False
+
+    def _balancer_for(self, service: str) -> Balancer:
+        choice = self._balancers
+        if not isinstance(choice, str):
+            choice = choice.get(service) or choice.get("*") or "weighted_random"
+        return make_balancer(choice)
+
+    # ------------------------------------------------------------------ public API
+
+    def call(self, service: str, method: str, *args: Any, **kwargs: Any) -> "Deferred[Any]":
+        """Call ``service.method(*args, **kwargs)`` with the client's defaults."""
+        return self.invoke(service, method, args, kwargs)
+
+    def proxy(self, service: str, *, timeout: Optional[float] = None,
+              idempotent: Iterable[str] = (), key: Any = None) -> Proxy:
+        return Proxy(self, service, timeout, idempotent, key)
+
+    def invoke(self, service: str, method: str, args: Any = (),
+               kwargs: Optional[Mapping[str, Any]] = None, *,
+               timeout: Optional[float] = None, key: Any = None,
+               idempotent: Optional[bool] = None,
+               meta: Optional[Mapping[str, Any]] = None) -> "Deferred[Any]":
+        """
+        The full form of ``call``: ``timeout`` (seconds, the call's deadline across
+        retries), ``key`` (for the consistent-hash balancer), ``idempotent`` (may be
+        retried after it possibly ran), ``meta`` (extra request metadata, e.g. trace ids).
+        """
+        if self.closed:
+            return defer.fail(ConnectionLost("client is closed"))
+        timeout = timeout or self.timeout
+        call_meta: dict[str, Any] = {"deadline": int(timeout * 1000)}
+        if self.token is not None:
+            call_meta["token"] = self.token
+        if meta:
+            call_meta.update(meta)
+        if idempotent is None:
+            idempotent = bool(self.idempotent) and f"{service}.{method}" in self.idempotent
+        call = Call(self, service, method, args if isinstance(args, list) else list(args),
+                    kwargs, call_meta, timeout, key, idempotent)
+        call.deadline = self.reactor.seconds() + timeout
+        self._deadlines.add(call, call.deadline)
+        self.stats["calls"] += 1
+        view = self._resolver.views.get(service)
+        if view is not None:
+            self._attempt(call, view)
+        else:
+            self._resolver.resolve(service).addCallbacks(
+                self._resolved, self._resolve_failed, callbackArgs=(call,),
+                errbackArgs=(call,))
+        return call.deferred
+
+    def close(self) -> "Deferred[None]":
+        """Stop watching, close every connection (pending calls fail with ConnectionLost)."""
+        self.closed = True
+        self._resolver.close()
+        self._health.stop()
+        d = self._pool.close()
+        self._deadlines.clear()
+        self._sweeper.stop()
+        return d
+
+    # ------------------------------------------------------------------ attempts
+
+    def _resolved(self, view: ServiceView, call: Call) -> None:
+        if not call.done:
+            self._attempt(call, view)
+
+    def _resolve_failed(self, failure: Failure, call: Call) -> None:
+        if not call.done:
+            self._finish_error(call, failure.value)
+
+    def _attempt(self, call: Call, view: ServiceView) -> None:
+        try:
+            if call.tried:
+                member = view.pick_excluding(call.tried, call.key)
+            else:
+                member = view.pick(call.key)
+        except MsrpcError as e:
+            self._finish_error(call, e)
+            return
+        endpoint = member.endpoint
+        protocol = endpoint.protocol
+        if protocol is not None and len(endpoint.protocols) == 1 \
+                and self._pool.settings.connections_per_endpoint == 1:
+            self._send(call, protocol, endpoint)
+            return
+        if protocol is not None:
+            self._send(call, endpoint.next_protocol(), endpoint)  # type: ignore[arg-type]
+            return
+        call.endpoint = endpoint
+        endpoint.connect().addCallbacks(self._connected, self._connect_failed,
+                                        callbackArgs=(call, endpoint),
+                                        errbackArgs=(call, endpoint))
+
+    def _connected(self, protocol: RpcProtocol, call: Call, endpoint: Endpoint) -> None:
+        if not call.done:
+            self._send(call, protocol, endpoint)
+
+    def _connect_failed(self, failure: Failure, call: Call, endpoint: Endpoint) -> None:
+        self._health.failure(endpoint, failure.value)
+        call.attempts += 1
+        self._failed(call, failure.value)
+
+    def _send(self, call: Call, protocol: RpcProtocol, endpoint: Endpoint) -> None:
+        call.endpoint = endpoint
+        call.attempts += 1
+        if call.attempts > 1:
+            remaining = call.deadline - self.reactor.seconds()
+            call.meta["deadline"] = max(1, int(remaining * 1000))
+        try:
+            call.rid = protocol.send_call(call)
+        except EncodeError as e:
+            self._finish_error(call, e)
+            return
+        call.protocol = protocol
+
+    def _failed(self, call: Call, error: BaseException) -> None:
+        if call.done:
+            return
+        call.protocol = None
+        endpoint = call.endpoint
+        if endpoint is not None and isinstance(error, (ConnectionLost, CallTimeout)):
+            self._health.failure(endpoint, error)
+        retryable = getattr(error, "retry_safe", False) or (
+            call.idempotent and isinstance(error, IDEMPOTENT_RETRY))
+        if retryable and call.attempts < self.retry.max_attempts:
+            delay = self.retry.delay(call.attempts)
+            if self.reactor.seconds() + delay < call.deadline:
+                if endpoint is not None:
+                    if call.tried is None:
+                        call.tried = set()
+                    call.tried.add(endpoint)
+                self.stats["retries"] += 1
+                call.retry_timer = self.reactor.callLater(delay, self._retry, call)
+                return
+        self._finish_error(call, error)
+
+    def _retry(self, call: Call) -> None:
+        call.retry_timer = None
+        if call.done:
+            return
+        view = self._resolver.views.get(call.service)
+        if view is None:
+            self._resolver.resolve(call.service).addCallbacks(
+                self._resolved, self._resolve_failed, callbackArgs=(call,),
+                errbackArgs=(call,))
+        else:
+            self._attempt(call, view)
+
+    def _finish_error(self, call: Call, error: BaseException) -> None:
+        if call.done:
+            return
+        call.done = True
+        self._deadlines.discard(call)
+        self.stats["failed." + type(error).__name__] += 1
+        endpoint = call.endpoint
+        if endpoint is not None and endpoint.closing:
+            self._pool.close_when_idle(endpoint)
+        call.deferred.errback(error)
+
+    def _stop_waiting(self, call: Call) -> None:
+        """Forget the call everywhere (timer, connection, pending retry)."""
+        call.done = True
+        self._deadlines.discard(call)
+        if call.retry_timer is not None and call.retry_timer.active():
+            call.retry_timer.cancel()
+        call.retry_timer = None
+        if call.protocol is not None:
+            call.protocol.forget(call.rid)
+            call.protocol = None
+
+    def _expired(self, call: Call) -> None:
+        if call.done:
+            return
+        where = f" on {call.endpoint.address}" if call.endpoint is not None else ""
+        endpoint = call.endpoint if call.protocol is not None else None
+        self._stop_waiting(call)
+        if endpoint is not None:
+            self._health.failure(endpoint, CallTimeout())
+        self.stats["failed.CallTimeout"] += 1
+        call.deferred.errback(CallTimeout(
+            f"{call.service}.{call.method} got no answer within {call.timeout:g}s{where} "
+            f"after {call.attempts} attempt(s)"))
+
+    def _abandon(self, call: Call) -> None:
+        if not call.done:
+            self._stop_waiting(call)
+            self.stats["cancelled"] += 1
+
+
+__all__ = ["Client", "Proxy", "RetryPolicy", "Call", "EjectionPolicy"]

@@ -1,0 +1,481 @@
+"""
+The typed, "gob-like" codec (DESIGN.md section 3).
+
+msgpack carries the primitives; tuples, sets, datetimes, UUIDs, Decimals and the like keep
+their types through msgpack ext types; classes registered with :func:`register` travel by
+name and decode into the same class.  Decoding never imports or instantiates anything that
+was not registered, and the depth and sizes of what it accepts are bounded.
+
+JSON is the alternative serializer for peers without msgpack; it tags the same types with
+``{"$type": ...}``-style objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import enum
+import json
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Iterable, Optional, TypeVar, overload
+
+import attr
+import msgpack
+
+from msrpc.errors import DecodeError, EncodeError
+from msrpc.wire import Serializer
+
+T = TypeVar("T", bound=type)
+
+# msgpack ext type codes.  -1 is msgpack's own Timestamp (timezone-aware datetimes).
+EXT_OBJECT = 1
+EXT_TUPLE = 2
+EXT_SET = 3
+EXT_FROZENSET = 4
+EXT_UUID = 5
+EXT_DECIMAL = 6
+EXT_NAIVE_DATETIME = 7
+EXT_DATE = 8
+EXT_TIME = 9
+EXT_TIMEDELTA = 10
+EXT_ENUM = 11
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what a decoder accepts from a peer (documented in README, section Limits)."""
+
+    max_depth: int = 100
+    max_container_len: int = 1_000_000
+    max_str_len: int = 16 * 1024 * 1024
+    max_bin_len: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) < 1:
+                raise ValueError(f"{field.name} must be positive")
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# --------------------------------------------------------------------------- type registry
+
+
+class _Entry:
+    """How one registered class is taken apart and put back together."""
+
+    __slots__ = ("name", "cls", "is_enum", "fields")
+
+    def __init__(self, name: str, cls: type) -> None:
+        self.name = name
+        self.cls = cls
+        self.is_enum = isinstance(cls, enum.EnumMeta)
+        #: (attribute name, __init__ argument name) of every field that travels.
+        self.fields: tuple[tuple[str, str], ...] = ()
+        if self.is_enum:
+            return
+        if dataclasses.is_dataclass(cls):
+            self.fields = tuple((f.name, f.name) for f in dataclasses.fields(cls) if f.init)
+        elif attr.has(cls):
+            self.fields = tuple((a.name, a.alias or a.name.lstrip("_"))
+                                for a in attr.fields(cls) if a.init)
+        else:
+            raise TypeError(f"{cls!r} is not a dataclass, attrs class or Enum; "
+                            "only those can be registered")
+
+    def take_apart(self, obj: Any) -> dict[str, Any]:
+        return {name: getattr(obj, name) for name, _ in self.fields}
+
+    def build(self, values: Any) -> Any:
+        if not isinstance(values, dict):
+            raise DecodeError(f"bad payload for registered type {self.name!r}")
+        kwargs = {}
+        for name, init_name in self.fields:
+            if name in values:
+                kwargs[init_name] = values[name]
+        unknown = set(values) - {name for name, _ in self.fields}
+        if unknown:
+            raise DecodeError(f"registered type {self.name!r} has no field(s) "
+                              f"{', '.join(sorted(map(str, unknown)))}")
+        try:
+            return self.cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise DecodeError(f"cannot build {self.name!r}: {e}") from None
+
+
+class TypeRegistry:
+    """Names ↔ classes, as with Go's ``gob.Register``: both sides register the same name."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, _Entry] = {}
+        self._by_type: dict[type, _Entry] = {}
+
+    @overload
+    def register(self, cls: T, *, name: Optional[str] = None) -> T: ...
+
+    @overload
+    def register(self, cls: None = None, *, name: Optional[str] = None
+                 ) -> Callable[[T], T]: ...
+
+    def register(self, cls: Optional[T] = None, *, name: Optional[str] = None) -> Any:
+        """Register a dataclass, attrs class or Enum; usable as ``@register`` or
+        ``@register(name="billing.Invoice")``.  The name is what travels: keep it stable."""
+        if cls is None:
+            return lambda c: self.register(c, name=name)
+        type_name = name or f"{cls.__module__}.{cls.__qualname__}"
+        existing = self._by_name.get(type_name)
+        if existing is not None and existing.cls is not cls:
+            raise ValueError(f"type name {type_name!r} is already registered for "
+                             f"{existing.cls!r}")
+        entry = _Entry(type_name, cls)
+        self._by_name[type_name] = entry
+        self._by_type[cls] = entry
+        return cls
+
+    def unregister(self, cls: type) -> None:
+        entry = self._by_type.pop(cls, None)
+        if entry is not None:
+            self._by_name.pop(entry.name, None)
+
+    def name_of(self, cls: type) -> Optional[str]:
+        entry = self._by_type.get(cls)
+        return entry.name if entry else None
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def entry_for_name(self, type_name: Any) -> _Entry:
+        entry = self._by_name.get(type_name) if isinstance(type_name, str) else None
+        if entry is None:
+            raise DecodeError(f"unknown type {type_name!r}: not registered on this side "
+                              "(msrpc.codec.register it on both ends)")
+        return entry
+
+    def entry_for_type(self, cls: type) -> Optional[_Entry]:
+        return self._by_type.get(cls)
+
+
+default_registry = TypeRegistry()
+
+
+@overload
+def register(cls: T, *, name: Optional[str] = None) -> T: ...
+
+
+@overload
+def register(cls: None = None, *, name: Optional[str] = None) -> Callable[[T], T]: ...
+
+
+def register(cls: Any = None, *, name: Optional[str] = None) -> Any:
+    """Register a class in the default registry (see :meth:`TypeRegistry.register`)."""
+    return default_registry.register(cls, name=name)
+
+
+# --------------------------------------------------------------------------- depth bound
+
+# Bytes that may start a container or ext in msgpack: fixmap/fixarray, array16/32,
+# map16/32, ext8/16/32, fixext.  Their count bounds the nesting depth from above, so a
+# body with few of them (every ordinary message) needs no walk at all.
+_MSGPACK_NESTING = bytes(list(range(0x80, 0xA0)) + [0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6,
+                                                    0xD7, 0xD8, 0xDC, 0xDD, 0xDE, 0xDF])
+_DELETE_NOT_MSGPACK_NESTING = bytes(b for b in range(256) if b not in _MSGPACK_NESTING)
+_DELETE_NOT_JSON_NESTING = bytes(b for b in range(256) if b not in b"[{")
+
+
+def _depth_exceeds(value: Any, max_depth: int) -> bool:
+    """Whether ``value`` nests deeper than ``max_depth`` containers (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, dict):
+            children: Iterable[Any] = obj.values()
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            children = obj
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            children = (getattr(obj, f.name) for f in dataclasses.fields(obj))
+        elif attr.has(type(obj)):
+            children = (getattr(obj, a.name) for a in attr.fields(type(obj)))
+        else:
+            continue
+        if depth > max_depth:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+# --------------------------------------------------------------------------- msgpack
+
+
+class MsgpackCodec:
+    """The default serializer (wire serializer id 2)."""
+
+    serializer = int(Serializer.MSGPACK)
+    name = "msgpack"
+
+    def __init__(self, registry: TypeRegistry = default_registry,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
+        self.registry = registry
+        self.limits = limits
+        # Bodies no longer than every cap need no explicit limits (the common case).
+        self._small = min(limits.max_str_len, limits.max_bin_len, limits.max_container_len)
+        # Reused for top-level encodes (cheaper than packb); nested ext payloads use packb
+        # because a Packer is not re-entrant.
+        self._packer = msgpack.Packer(default=self._default, use_bin_type=True,
+                                      strict_types=True, autoreset=True)
+
+    # -- encoding
+    def encode(self, obj: Any) -> bytes:
+        try:
+            return self._packer.pack(obj)
+        except EncodeError:
+            self._packer.reset()
+            raise
+        except (TypeError, ValueError, OverflowError) as e:
+            self._packer.reset()
+            raise EncodeError(f"cannot encode value: {e}") from None
+
+    def _pack(self, obj: Any) -> bytes:
+        return msgpack.packb(obj, default=self._default, use_bin_type=True, strict_types=True)
+
+    def _default(self, obj: Any) -> Any:
+        cls = type(obj)
+        entry = self.registry.entry_for_type(cls)
+        if entry is not None:
+            if entry.is_enum:
+                return msgpack.ExtType(EXT_ENUM, self._pack([entry.name, obj.value]))
+            return msgpack.ExtType(EXT_OBJECT, self._pack([entry.name, entry.take_apart(obj)]))
+        if cls is tuple:
+            return msgpack.ExtType(EXT_TUPLE, self._pack(list(obj)))
+        if cls is set:
+            return msgpack.ExtType(EXT_SET, self._pack(list(obj)))
+        if cls is frozenset:
+            return msgpack.ExtType(EXT_FROZENSET, self._pack(list(obj)))
+        if cls is uuid.UUID:
+            return msgpack.ExtType(EXT_UUID, obj.bytes)
+        if cls is Decimal:
+            return msgpack.ExtType(EXT_DECIMAL, str(obj).encode("ascii"))
+        if cls is dt.datetime:
+            if obj.tzinfo is not None and obj.utcoffset() is not None:
+                return msgpack.Timestamp.from_datetime(obj)
+            return msgpack.ExtType(EXT_NAIVE_DATETIME, obj.isoformat().encode("ascii"))
+        if cls is dt.date:
+            return msgpack.ExtType(EXT_DATE, obj.isoformat().encode("ascii"))
+        if cls is dt.time:
+            return msgpack.ExtType(EXT_TIME, obj.isoformat().encode("ascii"))
+        if cls is dt.timedelta:
+            return msgpack.ExtType(EXT_TIMEDELTA,
+                                   self._pack([obj.days, obj.seconds, obj.microseconds]))
+        return _plain_base(obj)
+
+    # -- decoding
+    def decode(self, data: bytes) -> Any:
+        limits = self.limits
+        size = len(data)
+        try:
+            if size <= self._small:
+                # msgpack's own defaults already bound every length by the buffer size.
+                value = msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3,
+                                        strict_map_key=False)
+            else:
+                value = msgpack.unpackb(
+                    data, ext_hook=self._ext_hook, timestamp=3, strict_map_key=False,
+                    max_str_len=min(limits.max_str_len, size),
+                    max_bin_len=min(limits.max_bin_len, size),
+                    max_array_len=min(limits.max_container_len, size),
+                    max_map_len=min(limits.max_container_len, size // 2),
+                    max_ext_len=size)
+        except DecodeError:
+            raise
+        except msgpack.ExtraData:
+            raise DecodeError("trailing bytes after the msgpack value") from None
+        except RecursionError:
+            raise DecodeError("value nests too deeply") from None
+        except Exception as e:  # FormatError, StackError, ValueError(limits), Unicode, ...
+            raise DecodeError(f"malformed msgpack: {e}") from None
+        if size > limits.max_depth and self._may_nest_deeper(data):
+            if _depth_exceeds(value, limits.max_depth):
+                raise DecodeError(f"value nests deeper than {limits.max_depth} levels")
+        return value
+
+    def _may_nest_deeper(self, data: bytes) -> bool:
+        return len(data.translate(None, _DELETE_NOT_MSGPACK_NESTING)) > self.limits.max_depth
+
+    def _unpack(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3, raw=False,
+                               strict_map_key=False)
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        try:
+            if code == EXT_OBJECT:
+                pair = self._unpack(data)
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    raise DecodeError("malformed registered-type payload")
+                return self.registry.entry_for_name(pair[0]).build(pair[1])
+            if code == EXT_TUPLE:
+                return tuple(self._unpack(data))
+            if code == EXT_SET:
+                return set(self._unpack(data))
+            if code == EXT_FROZENSET:
+                return frozenset(self._unpack(data))
+            if code == EXT_UUID:
+                return uuid.UUID(bytes=data)
+            if code == EXT_DECIMAL:
+                return Decimal(data.decode("ascii"))
+            if code == EXT_NAIVE_DATETIME:
+                return dt.datetime.fromisoformat(data.decode("ascii"))
+            if code == EXT_DATE:
+                return dt.date.fromisoformat(data.decode("ascii"))
+            if code == EXT_TIME:
+                return dt.time.fromisoformat(data.decode("ascii"))
+            if code == EXT_TIMEDELTA:
+                days, seconds, micros = self._unpack(data)
+                return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+            if code == EXT_ENUM:
+                type_name, value = self._unpack(data)
+                entry = self.registry.entry_for_name(type_name)
+                if not entry.is_enum:
+                    raise DecodeError(f"{type_name!r} is not an enum")
+                return entry.cls(value)
+        except DecodeError:
+            raise
+        except Exception as e:
+            raise DecodeError(f"bad payload for ext type {code}: {e}") from None
+        raise DecodeError(f"unknown msgpack ext type {code}")
+
+
+def _plain_base(obj: Any) -> Any:
+    """Unregistered subclasses of builtins travel as the builtin (like plain msgpack does)."""
+    for base in (bool, int, float, str, bytes, list, dict):
+        if isinstance(obj, base):
+            return base(obj)
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
+    raise EncodeError(f"cannot encode {type(obj).__module__}.{type(obj).__qualname__}: "
+                      "register it with msrpc.codec.register")
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+class JsonCodec:
+    """
+    The alternative serializer (wire serializer id 3) for peers without msgpack.  Types
+    JSON lacks travel as one-key tagged objects (``{"$set": [...]}``); tuples become lists.
+    """
+
+    serializer = int(Serializer.JSON)
+    name = "json"
+
+    def __init__(self, registry: TypeRegistry = default_registry,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
+        self.registry = registry
+        self.limits = limits
+        self._encoder = json.JSONEncoder(default=self._default, separators=(",", ":"),
+                                         ensure_ascii=False, allow_nan=True)
+
+    def encode(self, obj: Any) -> bytes:
+        try:
+            return self._encoder.encode(obj).encode("utf-8")
+        except EncodeError:
+            raise
+        except (TypeError, ValueError, RecursionError) as e:
+            raise EncodeError(f"cannot encode value as JSON: {e}") from None
+
+    def _default(self, obj: Any) -> Any:
+        cls = type(obj)
+        entry = self.registry.entry_for_type(cls)
+        if entry is not None:
+            if entry.is_enum:
+                return {"$enum": entry.name, "$value": obj.value}
+            return {"$type": entry.name, "$fields": entry.take_apart(obj)}
+        if cls in (set, frozenset):
+            return {"$set" if cls is set else "$frozenset": list(obj)}
+        if cls in (bytes, bytearray, memoryview):
+            return {"$bytes": base64.b64encode(bytes(obj)).decode("ascii")}
+        if cls is uuid.UUID:
+            return {"$uuid": str(obj)}
+        if cls is Decimal:
+            return {"$decimal": str(obj)}
+        if cls in (dt.datetime, dt.date, dt.time):
+            return {"$" + cls.__name__: obj.isoformat()}
+        if cls is dt.timedelta:
+            return {"$timedelta": [obj.days, obj.seconds, obj.microseconds]}
+        raise EncodeError(f"cannot encode {cls.__module__}.{cls.__qualname__}: "
+                          "register it with msrpc.codec.register")
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            value = json.loads(data, object_hook=self._object_hook)
+        except DecodeError:
+            raise
+        except RecursionError:
+            raise DecodeError("value nests too deeply") from None
+        except Exception as e:
+            raise DecodeError(f"malformed JSON: {e}") from None
+        if len(data) > self.limits.max_depth:
+            nesting = len(data.translate(None, _DELETE_NOT_JSON_NESTING))
+            if nesting > self.limits.max_depth and _depth_exceeds(value, self.limits.max_depth):
+                raise DecodeError(f"value nests deeper than {self.limits.max_depth} levels")
+        return value
+
+    def _object_hook(self, obj: dict[str, Any]) -> Any:
+        if not obj or len(obj) > 2:
+            return obj
+        key = next(iter(obj))
+        if not (isinstance(key, str) and key.startswith("$")):
+            return obj
+        try:
+            if key == "$type" and "$fields" in obj:
+                return self.registry.entry_for_name(obj["$type"]).build(obj["$fields"])
+            if key == "$enum" and "$value" in obj:
+                entry = self.registry.entry_for_name(obj["$enum"])
+                return entry.cls(obj["$value"]) if entry.is_enum else obj
+            if len(obj) != 1:
+                return obj
+            value = obj[key]
+            if key == "$set":
+                return set(value)
+            if key == "$frozenset":
+                return frozenset(value)
+            if key == "$bytes":
+                return base64.b64decode(value, validate=True)
+            if key == "$uuid":
+                return uuid.UUID(value)
+            if key == "$decimal":
+                return Decimal(value)
+            if key == "$datetime":
+                return dt.datetime.fromisoformat(value)
+            if key == "$date":
+                return dt.date.fromisoformat(value)
+            if key == "$time":
+                return dt.time.fromisoformat(value)
+            if key == "$timedelta":
+                return dt.timedelta(days=value[0], seconds=value[1], microseconds=value[2])
+        except DecodeError:
+            raise
+        except (TypeError, ValueError, InvalidOperation, IndexError) as e:
+            raise DecodeError(f"bad {key} value: {e}") from None
+        return obj
+
+
+# --------------------------------------------------------------------------- selection
+
+Codec = Any  # MsgpackCodec | JsonCodec: encode(obj) -> bytes, decode(bytes) -> obj
+
+
+def make_codecs(registry: TypeRegistry = default_registry,
+                limits: Limits = DEFAULT_LIMITS) -> dict[int, Codec]:
+    """The codecs a peer understands, by wire serializer id."""
+    return {Serializer.MSGPACK: MsgpackCodec(registry, limits),
+            Serializer.JSON: JsonCodec(registry, limits)}
+
+
+SERIALIZERS = {"msgpack": int(Serializer.MSGPACK), "json": int(Serializer.JSON)}
+
+
+__all__ = ["register", "default_registry", "TypeRegistry", "Limits", "DEFAULT_LIMITS",
+           "MsgpackCodec", "JsonCodec", "make_codecs", "SERIALIZERS"]

@@ -1,0 +1,265 @@
+"""
+``RpcProtocol``: the one protocol class both sides use.
+
+It turns bytes into frames and frames into events: responses are matched to pending calls
+by request id (any order, many in flight), requests go to a dispatcher (servers only),
+pings are answered with pongs.  Policy (retries, balancing, limits) lives elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from msrpc import compress
+from msrpc.codec import Codec, make_codecs
+from msrpc.errors import (
+    ConnectionLost, DecodeError, EncodeError, FrameError, MsrpcError, error_from_code,
+)
+from msrpc.wire import (
+    CANCEL, DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, MAGIC, PING, PONG, REQUEST, RESPONSE,
+    VERSION, FrameParser, Serializer, encode_frame,
+)
+
+if TYPE_CHECKING:
+    from msrpc.sweep import Sweeper
+
+_pack_header = HEADER.pack
+_NONE = compress.NONE
+_MSGPACK = int(Serializer.MSGPACK)
+
+
+@dataclass
+class ProtocolSettings:
+    """What both sides agree on per connection: codecs, compression, size limits."""
+
+    codecs: dict[int, Codec] = field(default_factory=make_codecs)
+    serializer: int = _MSGPACK
+    compression: int = _NONE
+    compression_threshold: int = compress.DEFAULT_THRESHOLD
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_decompressed: int = compress.DEFAULT_MAX_DECOMPRESSED
+
+    def __post_init__(self) -> None:
+        if self.serializer not in self.codecs:
+            raise ValueError(f"no codec for serializer {self.serializer}")
+        if not compress.available(self.compression):
+            raise ValueError(f"compression {self.compression} is not available")
+
+
+class PendingCall(TypingProtocol):
+    """What the protocol needs of a client call (``msrpc.client.Call`` provides it)."""
+
+    service: str
+    method: str
+    args: Any
+    kwargs: Any
+    meta: Any
+
+    def succeeded(self, data: Any) -> None: ...
+
+    def failed(self, error: MsrpcError) -> None: ...
+
+
+class Dispatcher(TypingProtocol):
+    """What the protocol needs of a server (``msrpc.server.Dispatcher`` provides it)."""
+
+    def request_received(self, protocol: "RpcProtocol", rid: int, compression: int,
+                         serializer: int, body: bytes) -> None: ...
+
+    def cancel_received(self, protocol: "RpcProtocol", rid: int) -> None: ...
+
+    def connection_lost(self, protocol: "RpcProtocol") -> None: ...
+
+
+@implementer(IPushProducer)
+class RpcProtocol(Protocol):
+    log = Logger()
+
+    def __init__(self, settings: ProtocolSettings, dispatcher: Optional[Dispatcher] = None,
+                 sweeper: Optional["Sweeper"] = None) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.sweeper = sweeper
+        self._codec = settings.codecs[settings.serializer]
+        self._parser = FrameParser(self._frame_received, settings.max_frame)
+        self._pending: dict[int, PendingCall] = {}
+        self._next_rid = 1
+        self.connected = False
+        self.peer = "?"
+        #: Incremented on every read, so a sweep can see activity without reading a clock.
+        self.rx_count = 0
+        #: Server side: requests being handled for this connection (rid → state).
+        self.server_calls: dict[int, Any] = {}
+        #: Called once with this protocol when the connection is gone.
+        self.on_lost: Optional[Callable[["RpcProtocol"], None]] = None
+        self._paused = False
+
+    # ------------------------------------------------------------------ connection events
+
+    def connectionMade(self) -> None:
+        self.connected = True
+        peer = self.transport.getPeer()
+        self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}".rstrip(":")
+        # Back-pressure: when our replies pile up unread, the transport pauses us and we
+        # stop reading from that peer until it drains (memory stays bounded).
+        self.transport.registerProducer(self, True)
+        if self.sweeper is not None:
+            self.sweeper.add(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.connected = False
+        if self.sweeper is not None:
+            self.sweeper.remove(self)
+        pending, self._pending = self._pending, {}
+        if pending:
+            why = reason.getErrorMessage() if reason is not None else "connection closed"
+            for call in pending.values():
+                call.failed(ConnectionLost(
+                    f"connection to {self.peer} lost with the call in flight ({why})"))
+        if self.dispatcher is not None:
+            self.dispatcher.connection_lost(self)
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.rx_count += 1
+        try:
+            self._parser.feed(data)
+        except FrameError as e:
+            self.log.warn("closing connection from {peer}: {error}", peer=self.peer, error=e)
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once (the stream can no longer be trusted)."""
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # ------------------------------------------------------------------ IPushProducer
+
+    def pauseProducing(self) -> None:
+        if not self._paused and self.connected:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._paused and self.connected:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    # ------------------------------------------------------------------ frames in
+
+    def _frame_received(self, mtype: int, comp: int, ser: int, rid: int, body: bytes) -> None:
+        if mtype == RESPONSE:
+            self._response_received(comp, ser, rid, body)
+        elif mtype == REQUEST:
+            if self.dispatcher is None:
+                self.reply(rid, ser, 404, msg="this peer serves no calls")
+            else:
+                self.dispatcher.request_received(self, rid, comp, ser, body)
+        elif mtype == PING:
+            self.transport.write(encode_frame(PONG, _NONE, ser, rid))
+        elif mtype == PONG:
+            pass  # rx_count already recorded the sign of life
+        elif mtype == CANCEL:
+            if self.dispatcher is not None:
+                self.dispatcher.cancel_received(self, rid)
+        else:
+            raise FrameError(f"unknown message type {mtype}")
+
+    def decode_body(self, comp: int, ser: int, body: bytes) -> Any:
+        codec = self.settings.codecs.get(ser)
+        if codec is None:
+            raise DecodeError(f"unsupported serializer id {ser}")
+        if comp != _NONE:
+            body = compress.decompress(comp, body, self.settings.max_decompressed)
+        return codec.decode(body)
+
+    def _response_received(self, comp: int, ser: int, rid: int, body: bytes) -> None:
+        call = self._pending.pop(rid, None)
+        if call is None:
+            return  # the call already timed out or was cancelled
+        try:
+            payload = self.decode_body(comp, ser, body)
+            code = payload["code"]
+        except (DecodeError, KeyError, TypeError, IndexError) as e:
+            call.failed(DecodeError(f"undecodable response from {self.peer}: {e}"))
+            return
+        if code == 200:
+            call.succeeded(payload.get("data"))
+        else:
+            call.failed(error_from_code(code, str(payload.get("msg", "")),
+                                        payload.get("details")))
+
+    # ------------------------------------------------------------------ frames out
+
+    def _send(self, mtype: int, ser: int, rid: int, data: bytes) -> None:
+        settings = self.settings
+        comp = _NONE
+        if settings.compression != _NONE and len(data) >= settings.compression_threshold:
+            comp = settings.compression
+            data = compress.compress(comp, data)
+        self.transport.write(_pack_header(MAGIC, VERSION, HEADER_SIZE + len(data), mtype, comp,
+                                          ser, rid) + data)
+
+    def send_call(self, call: PendingCall) -> int:
+        """Send a request and remember ``call`` until its response; raises EncodeError."""
+        body: dict[str, Any] = {"service": call.service, "method": call.method,
+                                "args": call.args}
+        if call.kwargs:
+            body["kwargs"] = call.kwargs
+        if call.meta:
+            body["meta"] = call.meta
+        data = self._codec.encode(body)
+        rid = self._next_rid
+        self._next_rid = rid + 1
+        self._send(REQUEST, self.settings.serializer, rid, data)
+        self._pending[rid] = call
+        return rid
+
+    def forget(self, rid: int, tell_peer: bool = True) -> Optional[PendingCall]:
+        """Stop waiting for ``rid`` (timeout, cancel); optionally ask the server to stop."""
+        call = self._pending.pop(rid, None)
+        if call is not None and tell_peer and self.connected:
+            self.transport.write(encode_frame(CANCEL, _NONE, self.settings.serializer, rid))
+        return call
+
+    @property
+    def outstanding(self) -> int:
+        """Calls sent on this connection and not yet answered."""
+        return len(self._pending)
+
+    def send_ping(self) -> None:
+        self.transport.write(encode_frame(PING, _NONE, self.settings.serializer, 0))
+
+    def reply(self, rid: int, ser: int, code: int, data: Any = None, msg: str = "",
+              details: Any = None) -> None:
+        """Send a response; a result that cannot be encoded becomes a 500 instead."""
+        if not self.connected:
+            return
+        codec = self.settings.codecs.get(ser)
+        if codec is None:
+            ser, codec = self.settings.serializer, self._codec
+        payload: dict[str, Any] = {"code": code, "msg": msg, "data": data}
+        if details is not None:
+            payload["details"] = details
+        try:
+            body = codec.encode(payload)
+        except EncodeError as e:
+            body = codec.encode({"code": 500, "msg": f"result could not be encoded: {e}",
+                                 "data": None, "details": {"type": "EncodeError"}})
+        self._send(RESPONSE, ser, rid, body)

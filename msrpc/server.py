@@ -1,0 +1,442 @@
+"""
+The server side: a ``Dispatcher`` that admits, decodes and runs requests, and a ``Server``
+(an ``IService``) that listens on an endpoint string, registers its services in a registry
+and shuts down gracefully.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from msrpc.deadline import Deadlines
+from msrpc.errors import DecodeError, RpcError
+from msrpc.limits import TokenBucket
+from msrpc.protocol import ProtocolSettings, RpcProtocol
+from msrpc.registry.instance import ServiceInstance
+from msrpc.registry.interface import IRegistration, IRegistry
+from msrpc.service import Method, methods_of
+from msrpc.sweep import SERVER_KEEPALIVE, KeepaliveSettings, Sweeper
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Admission limits; 0 means unlimited.  Beyond them a call is refused, never queued."""
+
+    max_in_flight: int = 10_000          # per server → 503
+    max_in_flight_per_connection: int = 1_000  # → 503
+    max_connections: int = 10_000        # further connections are refused politely
+    rate: float = 0.0                    # calls/s for the whole server → 700
+    burst: Optional[float] = None
+
+
+class _Running:
+    """A request whose handler has not answered yet (async handlers only)."""
+
+    __slots__ = ("protocol", "rid", "ser", "method", "deferred", "expired")
+
+    def __init__(self, protocol: RpcProtocol, rid: int, ser: int, method: Method) -> None:
+        self.protocol = protocol
+        self.rid = rid
+        self.ser = ser
+        self.method = method
+        self.deferred: Optional[Deferred[Any]] = None
+        self.expired = False
+
+
+class Dispatcher:
+    """
+    Admission (draining, rate, concurrency), decoding, lookup, deadline and argument
+    checks, then the handler.  Sync handlers are answered inline; Deferreds and coroutines
+    are tracked so a deadline or a client's cancel can stop them.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, limits: ServerLimits = ServerLimits(),
+                 tokens: Optional[Iterable[str]] = None) -> None:
+        self.clock = clock
+        self.limits = limits
+        self.methods: dict[tuple[str, str], Method] = {}
+        self.services: dict[str, Any] = {}
+        self.limiter: Optional[TokenBucket] = (
+            TokenBucket(limits.rate, limits.burst, clock.seconds()) if limits.rate else None)
+        self.tokens: frozenset[str] = frozenset(tokens or ())
+        self.in_flight = 0
+        self.draining = False
+        self._deadlines: Deadlines[_Running] = Deadlines(clock, self._expired)
+        self._idle_waiters: list[Deferred[None]] = []
+
+    # ------------------------------------------------------------------ services
+
+    def add_service(self, name: str, obj: Any, check_types: bool = True) -> None:
+        if name in self.services:
+            raise ValueError(f"service {name!r} is already registered")
+        found = methods_of(name, obj, check_types)
+        if not found:
+            raise ValueError(f"service {name!r} has no public methods")
+        self.services[name] = obj
+        for method in found.values():
+            self.methods[(name, method.name)] = method
+
+    def limit_method(self, service: str, method: str, rate: float,
+                     burst: Optional[float] = None) -> None:
+        """A token bucket for one method, on top of the server-wide one."""
+        try:
+            entry = self.methods[(service, method)]
+        except KeyError:
+            raise ValueError(f"no method {service}.{method}") from None
+        entry.limiter = TokenBucket(rate, burst, self.clock.seconds())
+
+    # ------------------------------------------------------------------ requests
+
+    def request_received(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
+                         body: bytes) -> None:
+        limits = self.limits
+        if self.draining:
+            protocol.reply(rid, ser, 503, msg="server is shutting down")
+            return
+        now = self.clock.seconds()
+        if self.limiter is not None and not self.limiter.try_acquire(now):
+            protocol.reply(rid, ser, 700, msg="rate limited")
+            return
+        if ((limits.max_in_flight and self.in_flight >= limits.max_in_flight) or
+                (limits.max_in_flight_per_connection and
+                 len(protocol.server_calls) >= limits.max_in_flight_per_connection)):
+            protocol.reply(rid, ser, 503, msg="server overloaded: too many calls in flight")
+            return
+        try:
+            request = protocol.decode_body(comp, ser, body)
+            service = request["service"]
+            name = request["method"]
+            method = self.methods.get((service, name))
+        except DecodeError as e:
+            protocol.reply(rid, ser, 400, msg=f"undecodable request: {e}")
+            return
+        except (KeyError, TypeError, AttributeError):
+            protocol.reply(rid, ser, 400, msg="malformed request: needs service and method")
+            return
+        if method is None:
+            protocol.reply(rid, ser, 404, msg=self._not_found(service, name))
+            return
+        meta = request.get("meta")
+        deadline = None
+        if meta:
+            if self.tokens and meta.get("token") not in self.tokens:
+                protocol.reply(rid, ser, 401, msg="missing or wrong auth token")
+                return
+            remaining = meta.get("deadline")
+            if remaining is not None:
+                if not isinstance(remaining, (int, float)) or remaining <= 0:
+                    protocol.reply(rid, ser, 408, msg="deadline exceeded before the call ran")
+                    return
+                deadline = now + remaining / 1000.0
+        elif self.tokens:
+            protocol.reply(rid, ser, 401, msg="missing or wrong auth token")
+            return
+        if method.limiter is not None and not method.limiter.try_acquire(now):
+            protocol.reply(rid, ser, 700, msg=f"rate limited: {service}.{name}")
+            return
+        args = request.get("args") or ()
+        kwargs = request.get("kwargs") or {}
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+            protocol.reply(rid, ser, 400, msg="malformed request: args must be a list and "
+                                               "kwargs a map")
+            return
+        if method.checker is not None:
+            problem = method.checker(args, kwargs)
+            if problem is not None:
+                protocol.reply(rid, ser, 400, msg=f"{service}.{name}: {problem}")
+                return
+        try:
+            result = method.fn(*args, **kwargs)
+        except TypeError as e:
+            if e.__traceback__ is not None and e.__traceback__.tb_next is None:
+                # Raised by the call itself, not inside the handler: wrong arguments.
+                protocol.reply(rid, ser, 400, msg=f"{service}.{name}: {e}")
+            else:
+                self._handler_failed(protocol, rid, ser, method, Failure())
+            return
+        except Exception:
+            self._handler_failed(protocol, rid, ser, method, Failure())
+            return
+        if isinstance(result, Deferred) or inspect.iscoroutine(result):
+            self._track(protocol, rid, ser, method, result, deadline)
+        else:
+            protocol.reply(rid, ser, 200, result)
+
+    def _not_found(self, service: Any, name: Any) -> str:
+        if service not in self.services:
+            return f"unknown service {service!r}"
+        return f"unknown method {name!r} of service {service!r}"
+
+    def _handler_failed(self, protocol: RpcProtocol, rid: int, ser: int, method: Method,
+                        failure: Failure) -> None:
+        error = failure.value
+        if isinstance(error, RpcError):
+            protocol.reply(rid, ser, error.code, msg=error.message, details=error.details)
+            return
+        remote_type = type(error).__name__
+        self.log.failure("{service}.{method} raised {type}", failure,
+                         service=method.service, method=method.name, type=remote_type)
+        protocol.reply(rid, ser, 500, msg=str(error), details={"type": remote_type})
+
+    # ------------------------------------------------------------------ async handlers
+
+    def _track(self, protocol: RpcProtocol, rid: int, ser: int, method: Method, result: Any,
+               deadline: Optional[float]) -> None:
+        running = _Running(protocol, rid, ser, method)
+        d = result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
+        running.deferred = d
+        protocol.server_calls[rid] = running
+        self.in_flight += 1
+        if deadline is not None:
+            self._deadlines.add(running, deadline)
+        d.addCallbacks(self._async_succeeded, self._async_failed,
+                       callbackArgs=(running,), errbackArgs=(running,))
+
+    def _finish(self, running: _Running) -> bool:
+        """Forget a finished call; False if it was already forgotten (cancelled by peer)."""
+        self._deadlines.discard(running)
+        calls = running.protocol.server_calls
+        if calls.get(running.rid) is not running:
+            return False
+        del calls[running.rid]
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.called:  # a drain that timed out cancelled its waiter
+                    waiter.callback(None)
+        return True
+
+    def _async_succeeded(self, result: Any, running: _Running) -> None:
+        if self._finish(running):
+            running.protocol.reply(running.rid, running.ser, 200, result)
+
+    def _async_failed(self, failure: Failure, running: _Running) -> None:
+        if not self._finish(running):
+            return
+        if running.expired:
+            running.protocol.reply(running.rid, running.ser, 408,
+                                   msg="deadline exceeded while the call ran")
+            return
+        if failure.check(defer.CancelledError):
+            running.protocol.reply(running.rid, running.ser, 503, msg="call cancelled")
+            return
+        self._handler_failed(running.protocol, running.rid, running.ser, running.method,
+                             failure)
+
+    def _expired(self, running: _Running) -> None:
+        running.expired = True
+        if running.deferred is not None:
+            running.deferred.cancel()
+
+    def cancel_received(self, protocol: RpcProtocol, rid: int) -> None:
+        running = protocol.server_calls.get(rid)
+        if running is not None and running.deferred is not None:
+            self._finish(running)  # the client no longer waits: send nothing
+            running.deferred.cancel()
+
+    def connection_lost(self, protocol: RpcProtocol) -> None:
+        for running in list(protocol.server_calls.values()):
+            self._finish(running)
+            if running.deferred is not None:
+                running.deferred.cancel()
+
+    def when_idle(self) -> "Deferred[None]":
+        """Fires once no call is in flight (now, if none is)."""
+        if self.in_flight == 0:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+
+class RpcServerFactory(Factory):
+    """Builds server-side protocols and keeps track of them for draining and limits."""
+
+    def __init__(self, dispatcher: Dispatcher, settings: ProtocolSettings,
+                 sweeper: Sweeper) -> None:
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.sweeper = sweeper
+        self.connections: set[RpcProtocol] = set()
+        self._closed_waiters: list[Deferred[None]] = []
+
+    def _lost(self, protocol: RpcProtocol) -> None:
+        self.connections.discard(protocol)
+        if not self.connections:
+            waiters, self._closed_waiters = self._closed_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_all(self) -> "Deferred[None]":
+        """Close every connection; fires once all are gone."""
+        if not self.connections:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed_waiters.append(d)
+        for protocol in list(self.connections):
+            protocol.transport.loseConnection()
+        return d
+
+    def buildProtocol(self, addr: Any) -> Optional[RpcProtocol]:
+        limit = self.dispatcher.limits.max_connections
+        if limit and len(self.connections) >= limit:
+            log.warn("refusing connection from {addr}: {limit} connections already",
+                     addr=addr, limit=limit)
+            return None
+        protocol = RpcProtocol(self.settings, self.dispatcher, self.sweeper)
+        protocol.factory = self
+        protocol.on_lost = self._lost
+        self.connections.add(protocol)
+        return protocol
+
+
+def default_advertise_host(bound_host: str) -> str:
+    """The address other machines should use when we listen on ``bound_host``."""
+    if bound_host not in ("0.0.0.0", "::", ""):
+        return bound_host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+class Server(Service):
+    """
+    Listens on an endpoint string, serves registered service objects, and publishes them
+    in a registry once the port is listening.  ``stopService`` deregisters first, waits
+    ``grace`` seconds so clients' caches drop us, stops accepting, lets in-flight calls
+    finish for up to ``drain_timeout`` (new ones get 503), then closes the connections.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, listen: str = "tcp:0", *,
+                 registry: Optional[IRegistry] = None,
+                 services: Optional[Mapping[str, Any]] = None,
+                 advertise: Optional[str] = None, weight: float = 10.0,
+                 metadata: Optional[Mapping[str, str]] = None,
+                 settings: Optional[ProtocolSettings] = None,
+                 limits: ServerLimits = ServerLimits(),
+                 keepalive: KeepaliveSettings = SERVER_KEEPALIVE,
+                 tokens: Optional[Iterable[str]] = None,
+                 grace: float = 2.0, drain_timeout: float = 10.0,
+                 check_types: bool = True) -> None:
+        self.reactor = reactor
+        self.listen = listen
+        self.registry = registry
+        self.advertise = advertise
+        self.weight = weight
+        self.metadata = dict(metadata or {})
+        self.grace = grace
+        self.drain_timeout = drain_timeout
+        self.check_types = check_types
+        self.dispatcher = Dispatcher(reactor, limits, tokens)
+        self.settings = settings or ProtocolSettings()
+        self.sweeper = Sweeper(reactor, keepalive)
+        self.factory = RpcServerFactory(self.dispatcher, self.settings, self.sweeper)
+        self.port: Optional[IListeningPort] = None
+        self.registrations: list[IRegistration] = []
+        #: Fires with the listening address once listening and registered.
+        self.ready: Deferred[Any] = Deferred()
+        self._starting: Optional[Deferred[Any]] = None
+        for name, obj in (services or {}).items():
+            self.add_service(name, obj)
+
+    def add_service(self, name: str, obj: Any) -> None:
+        """Serve ``obj``'s public methods as service ``name`` (before start)."""
+        self.dispatcher.add_service(name, obj, self.check_types)
+
+    @property
+    def address(self) -> Any:
+        return self.port.getHost() if self.port is not None else None
+
+    def instances(self) -> list[ServiceInstance]:
+        """What this server publishes: one instance per service, at the advertised address."""
+        address = self.address
+        if address is None or not hasattr(address, "port"):
+            return []
+        host, port = self.advertise or default_advertise_host(address.host), address.port
+        if self.advertise and ":" in self.advertise and not self.advertise.endswith("]"):
+            host, _, port_text = self.advertise.rpartition(":")
+            port = int(port_text)
+        return [ServiceInstance(service=name, host=host.strip("[]"), port=port,
+                                weight=self.weight, metadata=self.metadata)
+                for name in self.dispatcher.services]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting.addCallbacks(self.ready.callback, self._start_failed)
+
+    def _start_failed(self, failure: Failure) -> None:
+        self.log.failure("msrpc server failed to start on {listen}", failure,
+                         listen=self.listen)
+        self.ready.errback(failure)
+
+    async def _start(self) -> Any:
+        endpoint = serverFromString(self.reactor, self.listen)
+        self.port = await endpoint.listen(self.factory)
+        address = self.port.getHost()
+        self.log.info("msrpc serving {services} on {address}",
+                      services=", ".join(sorted(self.dispatcher.services)), address=address)
+        if self.registry is not None:
+            instances = self.instances()
+            if not instances:
+                self.log.warn("not registering: cannot advertise {address}", address=address)
+            for instance in instances:
+                registration = await self.registry.register(instance)
+                self.registrations.append(registration)
+                self.log.info("registered {service} at {address} in {registry}",
+                              service=instance.service, address=instance.address,
+                              registry=self.registry.name)
+        return address
+
+    def stopService(self) -> "Deferred[None]":
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._starting is not None and not self._starting.called:
+            await defer.DeferredList([self._starting], consumeErrors=True)
+        registrations, self.registrations = self.registrations, []
+        for registration in registrations:
+            try:
+                await registration.deregister()
+            except Exception as e:
+                self.log.warn("deregistering {service} failed: {error}",
+                              service=registration.instance.service, error=e)
+        if registrations and self.grace > 0:
+            from twisted.internet.task import deferLater
+            await deferLater(self.reactor, self.grace, lambda: None)
+        if self.port is not None:
+            await defer.maybeDeferred(self.port.stopListening)
+        self.dispatcher.draining = True
+        if self.dispatcher.in_flight:
+            idle = self.dispatcher.when_idle()
+            idle.addTimeout(self.drain_timeout, self.reactor)
+            try:
+                await idle
+            except defer.TimeoutError:
+                self.log.warn("drain timeout: {n} calls still running are cut off",
+                              n=self.dispatcher.in_flight)
+        await self.factory.close_all()
+        self.sweeper.stop()

@@ -1,0 +1,118 @@
+"""
+One periodic sweep over all connections of a server or client: keepalive pings, idle
+timeouts and the incomplete-frame timeout, instead of a timer per connection.
+
+The protocol only bumps counters on the hot path (``rx_count``, the parser's ``frames``);
+the sweep compares them with what it saw last time, so reading data costs no clock call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from msrpc.protocol import RpcProtocol
+
+
+@dataclass(frozen=True)
+class KeepaliveSettings:
+    """
+    ``ping_interval``: send a ping after this long without hearing from the peer (0: never;
+    clients ping, servers only answer).  ``idle_timeout``: close after this long without a
+    byte from the peer (0: never).  ``frame_timeout``: close a peer whose frame stays
+    incomplete this long (a trickling peer must not hold memory or a slot for ever).
+    """
+
+    ping_interval: float = 0.0
+    idle_timeout: float = 0.0
+    frame_timeout: float = 30.0
+
+    @property
+    def tick(self) -> Optional[float]:
+        periods = [p for p in (self.ping_interval, self.idle_timeout, self.frame_timeout) if p]
+        if not periods:
+            return None
+        return max(0.05, min(periods) / 4)
+
+
+CLIENT_KEEPALIVE = KeepaliveSettings(ping_interval=30.0, idle_timeout=90.0, frame_timeout=30.0)
+SERVER_KEEPALIVE = KeepaliveSettings(ping_interval=0.0, idle_timeout=300.0, frame_timeout=30.0)
+
+
+class _Seen:
+    __slots__ = ("rx", "frames", "heard_at", "frame_progress_at", "pinged_at")
+
+    def __init__(self, now: float) -> None:
+        self.rx = -1
+        self.frames = -1
+        self.heard_at = now
+        self.frame_progress_at = now
+        self.pinged_at = now
+
+
+class Sweeper:
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, settings: KeepaliveSettings) -> None:
+        self.clock = clock
+        self.settings = settings
+        self._seen: dict["RpcProtocol", _Seen] = {}
+        self._loop: Optional[LoopingCall] = None
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, protocol: "RpcProtocol") -> None:
+        tick = self.settings.tick
+        if tick is None:
+            return
+        self._seen[protocol] = _Seen(self.clock.seconds())
+        if self._loop is None:
+            self._loop = LoopingCall(self.sweep)
+            self._loop.clock = self.clock
+            self._loop.start(tick, now=False)
+
+    def remove(self, protocol: "RpcProtocol") -> None:
+        self._seen.pop(protocol, None)
+        if not self._seen:
+            self.stop()
+
+    def stop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+
+    def sweep(self) -> None:
+        now = self.clock.seconds()
+        s = self.settings
+        for protocol, seen in list(self._seen.items()):
+            if protocol.rx_count != seen.rx:
+                seen.rx = protocol.rx_count
+                seen.heard_at = now
+            parser = protocol._parser
+            if not parser.buffered or parser.frames != seen.frames:
+                seen.frames = parser.frames
+                seen.frame_progress_at = now
+            silent = now - seen.heard_at
+            if s.idle_timeout and silent >= s.idle_timeout:
+                self.log.info("closing connection {peer}: silent for {silent:.1f}s",
+                              peer=protocol.peer, silent=silent)
+                self._seen.pop(protocol, None)
+                protocol.abort()
+            elif s.frame_timeout and now - seen.frame_progress_at >= s.frame_timeout:
+                self.log.warn("closing connection {peer}: a frame stayed incomplete for "
+                              "{stuck:.1f}s ({buffered} bytes)", peer=protocol.peer,
+                              stuck=now - seen.frame_progress_at, buffered=parser.buffered)
+                self._seen.pop(protocol, None)
+                protocol.abort()
+            elif (s.ping_interval and silent >= s.ping_interval
+                  and now - seen.pinged_at >= s.ping_interval):
+                seen.pinged_at = now
+                protocol.send_ping()
+        if not self._seen:
+            self.stop()

@@ -1,0 +1,210 @@
+"""
+``twistd msrpc``: serve services, register them, and give them a shared client.
+
+    twistd -n msrpc --listen tcp:9112 --registry local --service arith=examples.arith:Arith
+
+With no ``--service`` the built-in demo services (echo, arith) are served.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable, Optional
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python import usage
+
+from msrpc import compress
+from msrpc.client import Client
+from msrpc.codec import Limits, make_codecs
+from msrpc.limits import parse_rate
+from msrpc.protocol import ProtocolSettings
+from msrpc.registry.options import make_registry, registry_parameters
+from msrpc.server import Server, ServerLimits
+from msrpc.sweep import KeepaliveSettings
+from msrpc.wire import DEFAULT_MAX_FRAME
+
+
+def load_object(spec: str) -> Any:
+    """``package.module:attribute`` → the attribute (a class or a factory)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise usage.UsageError(f"expected module:object, got {spec!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise usage.UsageError(f"cannot import {module_name!r}: {e}") from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise usage.UsageError(f"{module_name!r} has no attribute {attribute!r}") from None
+    return target
+
+
+def instantiate(factory: Any, **available: Any) -> Any:
+    """Call a service class/factory with whichever of ``client``, ``reactor``, ``clock``
+    it accepts, so a service that calls other services receives the shared Client."""
+    if not callable(factory):
+        return factory
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return factory()
+    accepts_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    kwargs = {k: v for k, v in available.items() if accepts_any or k in parameters}
+    return factory(**kwargs)
+
+
+class ServerOptions(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Serve msrpc services on an endpoint, register them in a registry and "
+                "wire a shared client for services that call others.")
+
+    optParameters = [
+        ["listen", "l", "tcp:9112", "Endpoint string to listen on (tcp:9112, "
+                                    "tcp:0:interface=127.0.0.1, unix:/path, ssl:...)."],
+        ["advertise", "a", None, "host[:port] to publish in the registry "
+                                 "(default: the listening address)."],
+        ["weight", "w", 10.0, "Instance weight for weighted balancing.", float],
+        ["grace", None, 2.0, "Seconds between deregistering and closing the port on stop.",
+         float],
+        ["drain-timeout", None, 10.0, "Seconds in-flight calls may take to finish on stop.",
+         float],
+        ["max-in-flight", None, ServerLimits.max_in_flight,
+         "Calls in flight per server before answering 503 (0: no limit).", int],
+        ["max-in-flight-per-connection", None, ServerLimits.max_in_flight_per_connection,
+         "Calls in flight per connection before answering 503 (0: no limit).", int],
+        ["max-connections", None, ServerLimits.max_connections,
+         "Open connections before refusing new ones (0: no limit).", int],
+        ["rate", None, None, "Server-wide rate limit, calls/s[/burst] (answers 700)."],
+        ["max-frame", None, DEFAULT_MAX_FRAME, "Largest accepted frame in bytes.", int],
+        ["max-decompressed", None, compress.DEFAULT_MAX_DECOMPRESSED,
+         "Largest accepted body after decompression, in bytes.", int],
+        ["max-depth", None, Limits.max_depth, "Deepest accepted nesting of values.", int],
+        ["max-container", None, Limits.max_container_len,
+         "Most items accepted in one list or map.", int],
+        ["idle-timeout", None, 300.0, "Close connections silent this long (0: never).",
+         float],
+        ["frame-timeout", None, 30.0, "Close peers whose frame stays incomplete this long.",
+         float],
+        ["compression", None, "none", "Compress large replies: none, gzip, zstd."],
+        ["timeout", None, 10.0, "Default call timeout of the shared client, seconds.",
+         float],
+    ] + registry_parameters()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["services"] = []
+        self["metadata"] = {}
+        self["method-rates"] = {}
+
+    def opt_service(self, spec: str) -> None:
+        """NAME=module:Class  Serve a service (repeatable); default: echo and arith demos."""
+        name, sep, target = spec.partition("=")
+        if not sep or not name or not target:
+            raise usage.UsageError(f"--service wants NAME=module:Class, got {spec!r}")
+        self["services"].append((name, target))
+
+    opt_s = opt_service
+
+    def opt_metadata(self, spec: str) -> None:
+        """KEY=VALUE  Instance metadata published in the registry (repeatable)."""
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            raise usage.UsageError(f"--metadata wants KEY=VALUE, got {spec!r}")
+        self["metadata"][key] = value
+
+    def opt_method_rate(self, spec: str) -> None:
+        """SERVICE.METHOD=RATE[/BURST]  Rate limit one method (repeatable)."""
+        name, sep, rate = spec.partition("=")
+        if not sep or "." not in name:
+            raise usage.UsageError(f"--method-rate wants service.method=rate, got {spec!r}")
+        try:
+            self["method-rates"][name] = parse_rate(rate)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def postOptions(self) -> None:
+        if self["rate"]:
+            try:
+                self["rate"] = parse_rate(self["rate"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        try:
+            compress.parse_name(self["compression"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+Options = ServerOptions
+
+
+class Closing(Service):
+    """A service whose only job is to run ``close()`` when the application stops."""
+
+    def __init__(self, name: str, close: Callable[[], Optional[Deferred[Any]]]) -> None:
+        self.setName(name)
+        self._close = close
+
+    def stopService(self) -> Deferred[Any]:
+        Service.stopService(self)
+        return maybeDeferred(self._close)
+
+
+def protocol_settings(options: usage.Options) -> ProtocolSettings:
+    limits = Limits(max_depth=options["max-depth"],
+                    max_container_len=options["max-container"],
+                    max_str_len=options["max-frame"], max_bin_len=options["max-frame"])
+    return ProtocolSettings(codecs=make_codecs(limits=limits),
+                            compression=compress.parse_name(options["compression"]),
+                            max_frame=options["max-frame"],
+                            max_decompressed=options["max-decompressed"])
+
+
+def makeService(options: usage.Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+        reactor = default_reactor
+    top = MultiService()
+    registry = make_registry(reactor, options)
+    client = Client(reactor, registry, timeout=options["timeout"])
+    rate = options["rate"] or (0.0, None)
+    limits = ServerLimits(max_in_flight=options["max-in-flight"],
+                          max_in_flight_per_connection=options["max-in-flight-per-connection"],
+                          max_connections=options["max-connections"],
+                          rate=rate[0], burst=rate[1])
+    server = Server(reactor, options["listen"], registry=registry,
+                    advertise=options["advertise"], weight=options["weight"],
+                    metadata=options["metadata"], settings=protocol_settings(options),
+                    limits=limits,
+                    keepalive=KeepaliveSettings(idle_timeout=options["idle-timeout"],
+                                                frame_timeout=options["frame-timeout"]),
+                    grace=options["grace"], drain_timeout=options["drain-timeout"])
+    services = options["services"]
+    if not services:
+        from msrpc.demo import default_services
+        for name, obj in default_services(reactor).items():
+            server.add_service(name, obj)
+    for name, target in services:
+        server.add_service(name, instantiate(load_object(target), client=client,
+                                             reactor=reactor, clock=reactor))
+    for name, (rate_value, burst) in options["method-rates"].items():
+        service, _, method = name.partition(".")
+        try:
+            server.dispatcher.limit_method(service, method, rate_value, burst)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+    # Stopped in reverse order: the server deregisters and drains first, then the shared
+    # client closes, then the registry (its own close deregisters anything left).
+    Closing("registry", registry.close).setServiceParent(top)
+    Closing("client", client.close).setServiceParent(top)
+    server.setName("server")
+    server.setServiceParent(top)
+    top.client = client  # type: ignore[attr-defined]
+    top.registry = registry  # type: ignore[attr-defined]
+    top.server = server  # type: ignore[attr-defined]
+    return top
+

@@ -1,0 +1,23 @@
+# An msrpc server as a .tac file:   twistd -ny tac/server.tac
+#
+# Serves the demo services (echo, arith) on 127.0.0.1:9112, registers them in the local
+# registry (one SQLite file shared by this machine's processes), and stops gracefully:
+# deregister, wait the grace period, stop accepting, drain in-flight calls, close.
+# Then, from another shell:   msrpc call arith.add 1 2
+
+from twisted.application import service
+from twisted.internet import reactor
+
+from msrpc.demo import default_services
+from msrpc.registry.local import LocalRegistry
+from msrpc.server import Server
+from msrpc.tap import Closing
+
+application = service.Application("msrpc-demo")
+
+registry = LocalRegistry(reactor)
+Closing("registry", registry.close).setServiceParent(application)
+
+server = Server(reactor, "tcp:9112:interface=127.0.0.1", registry=registry,
+                services=default_services(reactor), grace=1.0)
+server.setServiceParent(application)

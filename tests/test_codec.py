@@ -1,0 +1,255 @@
+"""The typed codec (DESIGN.md section 3): round trips, registration, refusal, limits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import attr
+import msgpack
+from twisted.trial.unittest import TestCase
+
+from msrpc.codec import (
+    EXT_OBJECT, JsonCodec, Limits, MsgpackCodec, TypeRegistry, default_registry, register,
+)
+from msrpc.errors import DecodeError, EncodeError
+
+types = TypeRegistry()
+
+
+@types.register(name="test.Point")
+@dataclass(frozen=True)
+class Point:
+    x: int
+    y: int = 0
+
+
+@types.register(name="test.Shape")
+@dataclass
+class Shape:
+    name: str
+    points: list[Point] = field(default_factory=list)
+    tags: tuple[str, ...] = ()
+
+
+@types.register(name="test.Account")
+@attr.s(auto_attribs=True)
+class Account:
+    _owner: str
+    balance: Decimal = Decimal("0")
+
+
+@types.register(name="test.Color")
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclass
+class NotRegistered:
+    secret: str
+
+
+VALUES: list[Any] = [
+    None, True, False, 0, -1, 2**62, 1.5, "text", "ünïcødé", b"\x00\xffbytes",
+    [1, [2, [3]]], {"a": {"b": [1, 2]}}, (1, "two", (3.0,)), {1, 2, 3}, frozenset({"a"}),
+    uuid.UUID("12345678-1234-5678-1234-567812345678"), Decimal("3.14159"),
+    dt.datetime(2026, 11, 25, 12, 30, 5, 123456),
+    dt.datetime(2026, 11, 25, 12, 30, 5, 123456, tzinfo=dt.timezone.utc),
+    dt.date(2026, 11, 25), dt.time(13, 14, 15), dt.timedelta(days=2, seconds=3, microseconds=4),
+    Point(1, 2), Shape("tri", [Point(0), Point(1, 1)], ("a", "b")),
+    Account("ann", Decimal("10.50")), Color.BLUE,
+    {"nested": [Shape("s", [Point(5)]), {"p": Point(7, 8)}]},
+]
+
+
+class MsgpackRoundTripTests(TestCase):
+    codec = MsgpackCodec(types)
+
+    def test_every_supported_value_comes_back_equal_and_same_type(self) -> None:
+        for value in VALUES:
+            back = self.codec.decode(self.codec.encode(value))
+            self.assertEqual(back, value)
+            self.assertIs(type(back), type(value), repr(value))
+
+    def test_nested_registered_classes_decode_into_their_classes(self) -> None:
+        back = self.codec.decode(self.codec.encode(Shape("s", [Point(1, 2)], ("t",))))
+        self.assertIsInstance(back.points[0], Point)
+        self.assertIsInstance(back.tags, tuple)
+
+    def test_aware_datetime_travels_as_msgpack_timestamp(self) -> None:
+        moment = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+        raw = msgpack.unpackb(self.codec.encode(moment))
+        self.assertIsInstance(raw, msgpack.Timestamp)
+
+    def test_dict_keys_may_be_ints_and_tuples(self) -> None:
+        value = {1: "a", (2, 3): "b"}
+        self.assertEqual(self.codec.decode(self.codec.encode(value)), value)
+
+    def test_registered_class_travels_by_its_name(self) -> None:
+        ext = msgpack.unpackb(self.codec.encode(Point(1, 2)))
+        self.assertEqual(ext.code, EXT_OBJECT)
+        self.assertEqual(msgpack.unpackb(ext.data), ["test.Point", {"x": 1, "y": 2}])
+
+    def test_unregistered_subclass_of_builtin_travels_as_the_builtin(self) -> None:
+        class Tag(str):
+            pass
+
+        back = self.codec.decode(self.codec.encode([Tag("x")]))
+        self.assertIs(type(back[0]), str)
+
+
+class JsonRoundTripTests(TestCase):
+    codec = JsonCodec(types)
+
+    def test_every_value_without_tuples_round_trips(self) -> None:
+        # JSON has no tuple: tuples (and the Shape whose tags are one) come back as lists.
+        for value in VALUES:
+            if isinstance(value, tuple) or "Shape" in repr(value):
+                continue
+            back = self.codec.decode(self.codec.encode(value))
+            self.assertEqual(back, value)
+            self.assertIs(type(back), type(value), repr(value))
+
+    def test_tuples_become_lists(self) -> None:
+        self.assertEqual(self.codec.decode(self.codec.encode((1, 2))), [1, 2])
+
+    def test_output_is_plain_json(self) -> None:
+        import json
+        self.assertEqual(json.loads(self.codec.encode({"p": Point(1, 2)})),
+                         {"p": {"$type": "test.Point", "$fields": {"x": 1, "y": 2}}})
+
+    def test_unknown_tagged_type_is_a_decode_error_naming_it(self) -> None:
+        error = self.assertRaises(DecodeError, self.codec.decode,
+                                  b'{"$type": "evil.Thing", "$fields": {}}')
+        self.assertIn("'evil.Thing'", str(error))
+
+    def test_malformed_json_is_a_decode_error(self) -> None:
+        self.assertRaises(DecodeError, self.codec.decode, b"{not json")
+
+
+class RefusalTests(TestCase):
+    codec = MsgpackCodec(types)
+
+    def forged(self, name: str, fields: Any) -> bytes:
+        return msgpack.packb(msgpack.ExtType(EXT_OBJECT, msgpack.packb([name, fields])))
+
+    def test_unknown_type_name_is_a_decode_error_naming_it(self) -> None:
+        error = self.assertRaises(DecodeError, self.codec.decode,
+                                  self.forged("os.system", {"command": "rm -rf /"}))
+        self.assertIn("unknown type 'os.system'", str(error))
+
+    def test_a_class_registered_elsewhere_is_not_known_here(self) -> None:
+        other = MsgpackCodec(TypeRegistry())
+        self.assertRaises(DecodeError, other.decode, self.codec.encode(Point(1)))
+
+    def test_unexpected_fields_are_refused(self) -> None:
+        error = self.assertRaises(DecodeError, self.codec.decode,
+                                  self.forged("test.Point", {"x": 1, "__class__": 2}))
+        self.assertIn("__class__", str(error))
+
+    def test_missing_required_fields_are_refused(self) -> None:
+        self.assertRaises(DecodeError, self.codec.decode, self.forged("test.Point", {}))
+
+    def test_unknown_ext_code_is_refused(self) -> None:
+        self.assertRaises(DecodeError, self.codec.decode,
+                          msgpack.packb(msgpack.ExtType(99, b"x")))
+
+    def test_corrupt_payloads_are_decode_errors(self) -> None:
+        for data in (b"\xc1", b"\x92\x01", msgpack.packb(1) + b"extra",
+                     msgpack.packb(msgpack.ExtType(5, b"short")), b""):
+            self.assertRaises(DecodeError, self.codec.decode, data)
+
+    def test_unregistered_class_cannot_be_encoded(self) -> None:
+        error = self.assertRaises(EncodeError, self.codec.encode, NotRegistered("s"))
+        self.assertIn("register it", str(error))
+
+    def test_encoder_is_usable_after_a_failed_encode(self) -> None:
+        self.assertRaises(EncodeError, self.codec.encode, [1, NotRegistered("s")])
+        self.assertEqual(self.codec.decode(self.codec.encode([1, 2])), [1, 2])
+
+
+class RegistrationTests(TestCase):
+    def test_same_name_for_another_class_is_refused(self) -> None:
+        registry = TypeRegistry()
+
+        @registry.register(name="a.B")
+        @dataclass
+        class First:
+            x: int
+
+        @dataclass
+        class Second:
+            x: int
+
+        self.assertRaises(ValueError, registry.register, Second, name="a.B")
+
+    def test_registering_twice_is_harmless(self) -> None:
+        registry = TypeRegistry()
+        registry.register(Point, name="p")
+        registry.register(Point, name="p")
+        self.assertEqual(registry.names(), ["p"])
+
+    def test_only_dataclasses_attrs_and_enums_can_be_registered(self) -> None:
+        self.assertRaises(TypeError, TypeRegistry().register, dict)
+
+    def test_default_name_is_module_and_qualname(self) -> None:
+        registry = TypeRegistry()
+        registry.register(NotRegistered)
+        self.assertEqual(registry.name_of(NotRegistered), f"{__name__}.NotRegistered")
+
+    def test_module_level_register_uses_the_default_registry(self) -> None:
+        @dataclass
+        class Local:
+            v: int
+
+        register(Local, name="tests.codec.Local")
+        self.addCleanup(default_registry.unregister, Local)
+        codec = MsgpackCodec()
+        self.assertEqual(codec.decode(codec.encode(Local(3))), Local(3))
+
+
+class LimitTests(TestCase):
+    def nested(self, depth: int) -> Any:
+        value: Any = []
+        for _ in range(depth - 1):
+            value = [value]
+        return value
+
+    def test_nesting_deeper_than_the_limit_is_refused(self) -> None:
+        codec = MsgpackCodec(types, Limits(max_depth=20))
+        self.assertEqual(codec.decode(codec.encode(self.nested(20))), self.nested(20))
+        error = self.assertRaises(DecodeError, codec.decode, codec.encode(self.nested(21)))
+        self.assertIn("deeper than 20", str(error))
+
+    def test_nesting_through_registered_classes_counts(self) -> None:
+        codec = MsgpackCodec(types, Limits(max_depth=10))
+        value: Any = Point(1)
+        for _ in range(12):
+            value = Shape("s", [value])  # type: ignore[list-item]
+        self.assertRaises(DecodeError, codec.decode, codec.encode(value))
+
+    def test_json_nesting_limit(self) -> None:
+        codec = JsonCodec(types, Limits(max_depth=5))
+        self.assertRaises(DecodeError, codec.decode, b"[[[[[[1]]]]]]")
+        self.assertEqual(codec.decode(b"[[[[1]]]]"), [[[[1]]]])
+
+    def test_container_length_limit(self) -> None:
+        codec = MsgpackCodec(types, Limits(max_container_len=10))
+        self.assertEqual(len(codec.decode(codec.encode(list(range(10))))), 10)
+        self.assertRaises(DecodeError, codec.decode, codec.encode(list(range(11))))
+
+    def test_string_length_limit(self) -> None:
+        codec = MsgpackCodec(types, Limits(max_str_len=100))
+        self.assertRaises(DecodeError, codec.decode, codec.encode("x" * 101))
+
+    def test_declared_length_beyond_the_buffer_is_refused_without_allocating(self) -> None:
+        # An array32 header claiming 2**31 items followed by nothing.
+        self.assertRaises(DecodeError, MsgpackCodec(types).decode, b"\xdd\x80\x00\x00\x00")
+
+    def test_limits_must_be_positive(self) -> None:
+        self.assertRaises(ValueError, Limits, max_depth=0)
