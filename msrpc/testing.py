@@ -137,7 +137,18 @@ class MemoryNetwork:
         raise AssertionError("MemoryNetwork.flush: traffic never settled")
 
     def advance(self, seconds: float) -> None:
-        """Let ``seconds`` pass (timers fire), delivering bytes before and after."""
+        """
+        Let ``seconds`` pass, stopping at every timer due on the way (so a retry scheduled
+        by a timer still runs in this span) and delivering bytes after each.
+        """
+        clock = self.clock
+        target = clock.seconds() + seconds
         self.flush()
-        self.clock.advance(seconds)
+        while True:
+            due = [c.getTime() for c in clock.getDelayedCalls() if c.getTime() <= target]
+            if not due:
+                break
+            clock.advance(max(0.0, min(due) - clock.seconds()))
+            self.flush()
+        clock.advance(max(0.0, target - clock.seconds()))
         self.flush()
