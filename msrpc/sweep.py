@@ -47,9 +47,9 @@ SERVER_KEEPALIVE = KeepaliveSettings(ping_interval=0.0, idle_timeout=300.0, fram
 class _Seen:
     __slots__ = ("rx", "frames", "heard_at", "frame_progress_at", "pinged_at")
 
-    def __init__(self, now: float) -> None:
-        self.rx = -1
-        self.frames = -1
+    def __init__(self, now: float, rx: int, frames: int) -> None:
+        self.rx = rx
+        self.frames = frames
         self.heard_at = now
         self.frame_progress_at = now
         self.pinged_at = now
@@ -71,7 +71,8 @@ class Sweeper:
         tick = self.settings.tick
         if tick is None:
             return
-        self._seen[protocol] = _Seen(self.clock.seconds())
+        self._seen[protocol] = _Seen(self.clock.seconds(), protocol.rx_count,
+                                     protocol._parser.frames)
         if self._loop is None:
             self._loop = LoopingCall(self.sweep)
             self._loop.clock = self.clock
