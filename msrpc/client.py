@@ -26,7 +26,7 @@ from msrpc.codec import SERIALIZERS, make_codecs
 from msrpc.deadline import Deadlines
 from msrpc.health import EjectionPolicy, Health
 from msrpc.errors import (
-    CallTimeout, ConnectionLost, EncodeError, MsrpcError, Unavailable,
+    CallTimeout, ConnectionLost, EncodeError, MsrpcError, NoInstances, Unavailable,
 )
 from msrpc.pool import Connector, Endpoint, Pool, PoolSettings, tcp_connector
 from msrpc.protocol import ProtocolSettings, RpcProtocol
@@ -56,16 +56,21 @@ class RetryPolicy:
 IDEMPOTENT_RETRY = (ConnectionLost, Unavailable)
 
 
-class Call:
-    """One logical call, across its attempts.  The protocol reports back to it."""
+def _cancel_call(call: "Call") -> None:
+    # Deferred.cancel errbacks with CancelledError after this returns.
+    call.client._abandon(call)
 
-    __slots__ = ("client", "service", "method", "args", "kwargs", "meta", "deferred",
-                 "deadline", "timeout", "key", "idempotent", "attempts", "tried", "protocol",
-                 "rid", "endpoint", "retry_timer", "done")
+
+class Call(Deferred):  # type: ignore[type-arg]
+    """
+    One logical call across its attempts.  It *is* the Deferred the caller gets (one object
+    per call instead of two); the protocol reports back through ``succeeded``/``failed``.
+    """
 
     def __init__(self, client: "Client", service: str, method: str, args: Any,
                  kwargs: Any, meta: dict[str, Any], timeout: float, key: Any,
-                 idempotent: bool) -> None:
+                 idempotent: bool, deadline: float) -> None:
+        Deferred.__init__(self, _cancel_call)
         self.client = client
         self.service = service
         self.method = method
@@ -75,36 +80,33 @@ class Call:
         self.timeout = timeout
         self.key = key
         self.idempotent = idempotent
-        self.deferred: Deferred[Any] = Deferred(self._cancelled)
-        self.deadline = 0.0
-        self.attempts = 0
-        self.tried: Optional[set[Endpoint]] = None
-        self.protocol: Optional[RpcProtocol] = None
-        self.rid = 0
-        self.endpoint: Optional[Endpoint] = None
-        self.retry_timer: Optional[IDelayedCall] = None
-        self.done = False
+        self.deadline = deadline
+
+    # Per-attempt state; class-level defaults save stores on the hot path.
+    attempts = 0
+    tried: Optional[set[Endpoint]] = None
+    protocol: Optional[RpcProtocol] = None
+    rid = 0
+    endpoint: Optional[Endpoint] = None
+    retry_timer: Optional[IDelayedCall] = None
+    done = False
 
     def succeeded(self, data: Any) -> None:
         self.done = True
         client = self.client
         client._deadlines.discard(self)
         endpoint = self.endpoint
-        if endpoint.strikes:  # type: ignore[union-attr]
-            client._health.success(endpoint)
-        if endpoint.closing:  # type: ignore[union-attr]
-            client._pool.close_when_idle(endpoint)  # type: ignore[arg-type]
-        self.deferred.callback(data)
+        if endpoint.strikes or endpoint.closing:  # type: ignore[union-attr]
+            client._endpoint_answered(endpoint)  # type: ignore[arg-type]
+        self.callback(data)
 
     def failed(self, error: MsrpcError) -> None:
         self.client._failed(self, error)
 
-    def _cancelled(self, deferred: Deferred[Any]) -> None:
-        # Deferred.cancel errbacks with CancelledError after this returns.
-        self.client._abandon(self)
-
     def __repr__(self) -> str:
         return f"<Call {self.service}.{self.method} attempts={self.attempts}>"
+
+    __hash__ = object.__hash__
 
 
 class Proxy:
@@ -125,9 +127,10 @@ class Proxy:
         timeout, key = self._timeout, self._key
         idempotent = method in self._idempotent or None
 
+        start = client._start
+
         def remote(*args: Any, **kwargs: Any) -> "Deferred[Any]":
-            return client.invoke(service, method, args, kwargs, timeout=timeout, key=key,
-                                 idempotent=idempotent)
+            return start(service, method, args, kwargs, timeout, key, idempotent, None)
 
         remote.__name__ = method
         self.__dict__[method] = remote
@@ -181,7 +184,11 @@ class Client:
         if connector is None:
             connector = tcp_connector(reactor, pool.connect_timeout, tls)
         self._pool = Pool(reactor, settings, self._sweeper, pool, connector)
+        self._multi_connection = pool.connections_per_endpoint > 1
+        self._seconds = reactor.seconds
         self._resolver = Resolver(registry, self._pool, self._balancer_for)
+        self._views = self._resolver.views
+        self._timeout_ms = int(timeout * 1000)
         self._deadlines: Deadlines[Call] = Deadlines(reactor, self._expired)
         self._health = Health(reactor, self._resolver, ejection)
         self.stats: Counter[str] = Counter()
@@ -197,7 +204,7 @@ class Client:
 
     def call(self, service: str, method: str, *args: Any, **kwargs: Any) -> "Deferred[Any]":
         """Call ``service.method(*args, **kwargs)`` with the client's defaults."""
-        return self.invoke(service, method, args, kwargs)
+        return self._start(service, method, args, kwargs, None, None, None, None)
 
     def proxy(self, service: str, *, timeout: Optional[float] = None,
               idempotent: Iterable[str] = (), key: Any = None) -> Proxy:
@@ -213,29 +220,55 @@ class Client:
         retries), ``key`` (for the consistent-hash balancer), ``idempotent`` (may be
         retried after it possibly ran), ``meta`` (extra request metadata, e.g. trace ids).
         """
+        return self._start(service, method, args, kwargs, timeout, key, idempotent, meta)
+
+    def _start(self, service: str, method: str, args: Any, kwargs: Any,
+               timeout: Optional[float], key: Any, idempotent: Optional[bool],
+               meta: Optional[Mapping[str, Any]]) -> "Deferred[Any]":
         if self.closed:
             return defer.fail(ConnectionLost("client is closed"))
-        timeout = timeout or self.timeout
-        call_meta: dict[str, Any] = {"deadline": int(timeout * 1000)}
+        if timeout is None:
+            timeout = self.timeout
+            call_meta: dict[str, Any] = {"deadline": self._timeout_ms}
+        else:
+            call_meta = {"deadline": int(timeout * 1000)}
         if self.token is not None:
             call_meta["token"] = self.token
         if meta:
             call_meta.update(meta)
         if idempotent is None:
-            idempotent = bool(self.idempotent) and f"{service}.{method}" in self.idempotent
-        call = Call(self, service, method, args if isinstance(args, list) else list(args),
-                    kwargs, call_meta, timeout, key, idempotent)
-        call.deadline = self.reactor.seconds() + timeout
-        self._deadlines.add(call, call.deadline)
-        self.stats["calls"] += 1
-        view = self._resolver.views.get(service)
-        if view is not None:
-            self._attempt(call, view)
-        else:
+            idempotent = f"{service}.{method}" in self.idempotent if self.idempotent else False
+        if args.__class__ is not list:
+            args = list(args)
+        deadline = self._seconds() + timeout
+        call = Call(self, service, method, args, kwargs, call_meta, timeout, key, idempotent,
+                    deadline)
+        self._deadlines.add(call, deadline)
+        view = self._views.get(service)
+        if view is None:
             self._resolver.resolve(service).addCallbacks(
                 self._resolved, self._resolve_failed, callbackArgs=(call,),
                 errbackArgs=(call,))
-        return call.deferred
+            return call
+        # Hot path, inlined: pick an instance and send on its open connection.
+        try:
+            endpoint = view.balancer.pick(key).endpoint
+        except NoInstances:
+            self._attempt(call, view)  # for the full error message
+            return call
+        protocol = endpoint.protocol
+        if protocol is None or self._multi_connection:
+            self._use(call, endpoint)
+            return call
+        call.endpoint = endpoint
+        call.attempts = 1
+        try:
+            call.rid = protocol.send_call(call)
+        except EncodeError as e:
+            self._finish_error(call, e)
+            return call
+        call.protocol = protocol
+        return call
 
     def close(self) -> "Deferred[None]":
         """Stop watching, close every connection (pending calls fail with ConnectionLost)."""
@@ -266,14 +299,13 @@ class Client:
         except MsrpcError as e:
             self._finish_error(call, e)
             return
-        endpoint = member.endpoint
-        protocol = endpoint.protocol
-        if protocol is not None and len(endpoint.protocols) == 1 \
-                and self._pool.settings.connections_per_endpoint == 1:
-            self._send(call, protocol, endpoint)
-            return
+        self._use(call, member.endpoint)
+
+    def _use(self, call: Call, endpoint: Endpoint) -> None:
+        """Send on the endpoint's connection, connecting first if it has none."""
+        protocol = endpoint.next_protocol() if self._multi_connection else endpoint.protocol
         if protocol is not None:
-            self._send(call, endpoint.next_protocol(), endpoint)  # type: ignore[arg-type]
+            self._send(call, protocol, endpoint)
             return
         call.endpoint = endpoint
         endpoint.connect().addCallbacks(self._connected, self._connect_failed,
@@ -335,6 +367,12 @@ class Client:
         else:
             self._attempt(call, view)
 
+    def _endpoint_answered(self, endpoint: Endpoint) -> None:
+        if endpoint.strikes:
+            self._health.success(endpoint)
+        if endpoint.closing:
+            self._pool.close_when_idle(endpoint)
+
     def _finish_error(self, call: Call, error: BaseException) -> None:
         if call.done:
             return
@@ -344,7 +382,7 @@ class Client:
         endpoint = call.endpoint
         if endpoint is not None and endpoint.closing:
             self._pool.close_when_idle(endpoint)
-        call.deferred.errback(error)
+        call.errback(error)
 
     def _stop_waiting(self, call: Call) -> None:
         """Forget the call everywhere (timer, connection, pending retry)."""
@@ -366,7 +404,7 @@ class Client:
         if endpoint is not None:
             self._health.failure(endpoint, CallTimeout())
         self.stats["failed.CallTimeout"] += 1
-        call.deferred.errback(CallTimeout(
+        call.errback(CallTimeout(
             f"{call.service}.{call.method} got no answer within {call.timeout:g}s{where} "
             f"after {call.attempts} attempt(s)"))
 

@@ -87,7 +87,13 @@ class RpcProtocol(Protocol):
         self.settings = settings
         self.dispatcher = dispatcher
         self.sweeper = sweeper
+        # Hot-path copies of the settings (attribute chains cost on every frame).
+        self._codecs = settings.codecs
         self._codec = settings.codecs[settings.serializer]
+        self._serializer = settings.serializer
+        self._compression = settings.compression
+        self._threshold = settings.compression_threshold
+        self._write: Callable[[bytes], None] = _not_connected
         self._parser = FrameParser(self._frame_received, settings.max_frame)
         self._pending: dict[int, PendingCall] = {}
         self._next_rid = 1
@@ -105,6 +111,7 @@ class RpcProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.connected = True
+        self._write = self.transport.write
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}".rstrip(":")
         # Back-pressure: when our replies pile up unread, the transport pauses us and we
@@ -115,6 +122,7 @@ class RpcProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.connected = False
+        self._write = _not_connected
         if self.sweeper is not None:
             self.sweeper.remove(self)
         pending, self._pending = self._pending, {}
@@ -131,11 +139,23 @@ class RpcProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.rx_count += 1
+        # Everything written while handling one read (replies, pongs, and calls made from
+        # reply callbacks) goes to the transport as one write: a transport write costs far
+        # more than a list append.
+        batch: list[bytes] = []
+        self._write = batch.append
         try:
             self._parser.feed(data)
         except FrameError as e:
             self.log.warn("closing connection from {peer}: {error}", peer=self.peer, error=e)
             self.abort()
+        finally:
+            if self.connected:
+                self._write = write = self.transport.write
+                if batch:
+                    write(batch[0] if len(batch) == 1 else b"".join(batch))
+            else:
+                self._write = _not_connected
 
     def abort(self) -> None:
         """Drop the connection at once (the stream can no longer be trusted)."""
@@ -165,14 +185,30 @@ class RpcProtocol(Protocol):
 
     def _frame_received(self, mtype: int, comp: int, ser: int, rid: int, body: bytes) -> None:
         if mtype == RESPONSE:
-            self._response_received(comp, ser, rid, body)
+            call = self._pending.pop(rid, None)
+            if call is None:
+                return  # the call already timed out or was cancelled
+            try:
+                if comp == _NONE:
+                    payload = self._codecs[ser].decode(body)
+                else:
+                    payload = self.decode_body(comp, ser, body)
+                code = payload["code"]
+            except (DecodeError, KeyError, TypeError, IndexError) as e:
+                call.failed(DecodeError(f"undecodable response from {self.peer}: {e}"))
+                return
+            if code == 200:
+                call.succeeded(payload.get("data"))
+            else:
+                call.failed(error_from_code(code, str(payload.get("msg", "")),
+                                            payload.get("details")))
         elif mtype == REQUEST:
             if self.dispatcher is None:
                 self.reply(rid, ser, 404, msg="this peer serves no calls")
             else:
                 self.dispatcher.request_received(self, rid, comp, ser, body)
         elif mtype == PING:
-            self.transport.write(encode_frame(PONG, _NONE, ser, rid))
+            self._write(encode_frame(PONG, _NONE, ser, rid))
         elif mtype == PONG:
             pass  # rx_count already recorded the sign of life
         elif mtype == CANCEL:
@@ -182,39 +218,22 @@ class RpcProtocol(Protocol):
             raise FrameError(f"unknown message type {mtype}")
 
     def decode_body(self, comp: int, ser: int, body: bytes) -> Any:
-        codec = self.settings.codecs.get(ser)
+        codec = self._codecs.get(ser)
         if codec is None:
             raise DecodeError(f"unsupported serializer id {ser}")
         if comp != _NONE:
             body = compress.decompress(comp, body, self.settings.max_decompressed)
         return codec.decode(body)
 
-    def _response_received(self, comp: int, ser: int, rid: int, body: bytes) -> None:
-        call = self._pending.pop(rid, None)
-        if call is None:
-            return  # the call already timed out or was cancelled
-        try:
-            payload = self.decode_body(comp, ser, body)
-            code = payload["code"]
-        except (DecodeError, KeyError, TypeError, IndexError) as e:
-            call.failed(DecodeError(f"undecodable response from {self.peer}: {e}"))
-            return
-        if code == 200:
-            call.succeeded(payload.get("data"))
-        else:
-            call.failed(error_from_code(code, str(payload.get("msg", "")),
-                                        payload.get("details")))
-
     # ------------------------------------------------------------------ frames out
 
     def _send(self, mtype: int, ser: int, rid: int, data: bytes) -> None:
-        settings = self.settings
         comp = _NONE
-        if settings.compression != _NONE and len(data) >= settings.compression_threshold:
-            comp = settings.compression
+        if self._compression != _NONE and len(data) >= self._threshold:
+            comp = self._compression
             data = compress.compress(comp, data)
-        self.transport.write(_pack_header(MAGIC, VERSION, HEADER_SIZE + len(data), mtype, comp,
-                                          ser, rid) + data)
+        self._write(_pack_header(MAGIC, VERSION, HEADER_SIZE + len(data), mtype, comp, ser,
+                                 rid) + data)
 
     def send_call(self, call: PendingCall) -> int:
         """Send a request and remember ``call`` until its response; raises EncodeError."""
@@ -227,7 +246,12 @@ class RpcProtocol(Protocol):
         data = self._codec.encode(body)
         rid = self._next_rid
         self._next_rid = rid + 1
-        self._send(REQUEST, self.settings.serializer, rid, data)
+        comp = _NONE
+        if self._compression != _NONE and len(data) >= self._threshold:
+            comp = self._compression
+            data = compress.compress(comp, data)
+        self._write(_pack_header(MAGIC, VERSION, HEADER_SIZE + len(data), REQUEST, comp,
+                                 self._serializer, rid) + data)
         self._pending[rid] = call
         return rid
 
@@ -235,7 +259,7 @@ class RpcProtocol(Protocol):
         """Stop waiting for ``rid`` (timeout, cancel); optionally ask the server to stop."""
         call = self._pending.pop(rid, None)
         if call is not None and tell_peer and self.connected:
-            self.transport.write(encode_frame(CANCEL, _NONE, self.settings.serializer, rid))
+            self._write(encode_frame(CANCEL, _NONE, self.settings.serializer, rid))
         return call
 
     @property
@@ -244,16 +268,16 @@ class RpcProtocol(Protocol):
         return len(self._pending)
 
     def send_ping(self) -> None:
-        self.transport.write(encode_frame(PING, _NONE, self.settings.serializer, 0))
+        self._write(encode_frame(PING, _NONE, self.settings.serializer, 0))
 
     def reply(self, rid: int, ser: int, code: int, data: Any = None, msg: str = "",
               details: Any = None) -> None:
         """Send a response; a result that cannot be encoded becomes a 500 instead."""
         if not self.connected:
             return
-        codec = self.settings.codecs.get(ser)
+        codec = self._codecs.get(ser)
         if codec is None:
-            ser, codec = self.settings.serializer, self._codec
+            ser, codec = self._serializer, self._codec
         payload: dict[str, Any] = {"code": code, "msg": msg, "data": data}
         if details is not None:
             payload["details"] = details
@@ -263,3 +287,7 @@ class RpcProtocol(Protocol):
             body = codec.encode({"code": 500, "msg": f"result could not be encoded: {e}",
                                  "data": None, "details": {"type": "EncodeError"}})
         self._send(RESPONSE, ser, rid, body)
+
+
+def _not_connected(data: bytes) -> None:
+    """Writes after the connection is gone are dropped (the peer can no longer read)."""

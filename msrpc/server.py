@@ -6,8 +6,9 @@ and shuts down gracefully.
 
 from __future__ import annotations
 
-import inspect
+import json
 import socket
+import types
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
@@ -19,6 +20,11 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+import msgpack
+
+from msrpc import compress
+from msrpc.wire import Serializer
 
 from msrpc.deadline import Deadlines
 from msrpc.errors import DecodeError, RpcError
@@ -41,6 +47,34 @@ class ServerLimits:
     max_connections: int = 10_000        # further connections are refused politely
     rate: float = 0.0                    # calls/s for the whole server → 700
     burst: Optional[float] = None
+
+
+_NO_COMPRESSION = compress.NONE
+_NUMBERS = frozenset({int, float})
+_NO_ARGS: list[Any] = []
+_NO_KWARGS: dict[str, Any] = {}
+#: Results that are certainly not Deferreds or coroutines (skips an ABC isinstance check).
+_PLAIN_RESULTS = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
+_ASYNC_RESULTS = (Deferred, types.CoroutineType)
+
+
+def read_meta(serializer: int, body: bytes) -> Any:
+    """
+    The ``meta`` map of a request body, found without decoding anything else: arguments
+    are skipped unparsed, so an unauthenticated caller cannot make us build its objects.
+    """
+    if serializer == Serializer.MSGPACK:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(body))
+        unpacker.feed(body)
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == "meta":
+                return unpacker.unpack()  # ext types stay inert ExtType values
+            unpacker.skip()
+        return None
+    if serializer == Serializer.JSON:
+        return json.loads(body).get("meta")  # plain JSON: nothing is instantiated
+    return None
 
 
 class _Running:
@@ -75,6 +109,9 @@ class Dispatcher:
         self.limiter: Optional[TokenBucket] = (
             TokenBucket(limits.rate, limits.burst, clock.seconds()) if limits.rate else None)
         self.tokens: frozenset[str] = frozenset(tokens or ())
+        self._seconds = clock.seconds
+        self._max_in_flight = limits.max_in_flight or float("inf")
+        self._max_per_connection = limits.max_in_flight_per_connection or float("inf")
         self.in_flight = 0
         self.draining = False
         self._deadlines: Deadlines[_Running] = Deadlines(clock, self._expired)
@@ -105,64 +142,67 @@ class Dispatcher:
 
     def request_received(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
                          body: bytes) -> None:
-        limits = self.limits
+        # The hot path: every check is a local compare until something is wrong.
         if self.draining:
             protocol.reply(rid, ser, 503, msg="server is shutting down")
             return
-        now = self.clock.seconds()
+        now = self._seconds()
         if self.limiter is not None and not self.limiter.try_acquire(now):
             protocol.reply(rid, ser, 700, msg="rate limited")
             return
-        if ((limits.max_in_flight and self.in_flight >= limits.max_in_flight) or
-                (limits.max_in_flight_per_connection and
-                 len(protocol.server_calls) >= limits.max_in_flight_per_connection)):
+        if (self.in_flight >= self._max_in_flight or
+                len(protocol.server_calls) >= self._max_per_connection):
             protocol.reply(rid, ser, 503, msg="server overloaded: too many calls in flight")
             return
+        if self.tokens and not self._token_ok(protocol, comp, ser, body):
+            protocol.reply(rid, ser, 401, msg="missing or wrong auth token")
+            return
         try:
-            request = protocol.decode_body(comp, ser, body)
+            if comp == _NO_COMPRESSION:
+                request = protocol._codecs[ser].decode(body)
+            else:
+                request = protocol.decode_body(comp, ser, body)
             service = request["service"]
             name = request["method"]
             method = self.methods.get((service, name))
         except DecodeError as e:
             protocol.reply(rid, ser, 400, msg=f"undecodable request: {e}")
             return
-        except (KeyError, TypeError, AttributeError):
+        except KeyError as e:
+            if e.args and e.args[0] == ser:
+                protocol.reply(rid, ser, 400, msg=f"unsupported serializer id {ser}")
+            else:
+                protocol.reply(rid, ser, 400, msg="malformed request: needs service and "
+                                                  "method")
+            return
+        except (TypeError, AttributeError):
             protocol.reply(rid, ser, 400, msg="malformed request: needs service and method")
             return
         if method is None:
             protocol.reply(rid, ser, 404, msg=self._not_found(service, name))
             return
         meta = request.get("meta")
-        deadline = None
-        if meta:
-            if self.tokens and meta.get("token") not in self.tokens:
-                protocol.reply(rid, ser, 401, msg="missing or wrong auth token")
-                return
-            remaining = meta.get("deadline")
-            if remaining is not None:
-                if not isinstance(remaining, (int, float)) or remaining <= 0:
-                    protocol.reply(rid, ser, 408, msg="deadline exceeded before the call ran")
-                    return
-                deadline = now + remaining / 1000.0
-        elif self.tokens:
-            protocol.reply(rid, ser, 401, msg="missing or wrong auth token")
+        remaining = meta.get("deadline") if meta.__class__ is dict else None
+        if remaining is not None and not (remaining.__class__ in _NUMBERS and remaining > 0):
+            protocol.reply(rid, ser, 408, msg="deadline exceeded before the call ran")
             return
         if method.limiter is not None and not method.limiter.try_acquire(now):
             protocol.reply(rid, ser, 700, msg=f"rate limited: {service}.{name}")
             return
-        args = request.get("args") or ()
-        kwargs = request.get("kwargs") or {}
-        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        args = request.get("args", _NO_ARGS)
+        kwargs = request.get("kwargs")
+        if args.__class__ is not list and not isinstance(args, (list, tuple)) or \
+                kwargs is not None and kwargs.__class__ is not dict:
             protocol.reply(rid, ser, 400, msg="malformed request: args must be a list and "
                                                "kwargs a map")
             return
         if method.checker is not None:
-            problem = method.checker(args, kwargs)
+            problem = method.checker(args, kwargs or _NO_KWARGS)
             if problem is not None:
                 protocol.reply(rid, ser, 400, msg=f"{service}.{name}: {problem}")
                 return
         try:
-            result = method.fn(*args, **kwargs)
+            result = method.fn(*args, **kwargs) if kwargs else method.fn(*args)
         except TypeError as e:
             if e.__traceback__ is not None and e.__traceback__.tb_next is None:
                 # Raised by the call itself, not inside the handler: wrong arguments.
@@ -173,10 +213,21 @@ class Dispatcher:
         except Exception:
             self._handler_failed(protocol, rid, ser, method, Failure())
             return
-        if isinstance(result, Deferred) or inspect.iscoroutine(result):
-            self._track(protocol, rid, ser, method, result, deadline)
-        else:
+        if result.__class__ in _PLAIN_RESULTS or not isinstance(result, _ASYNC_RESULTS):
             protocol.reply(rid, ser, 200, result)
+        else:
+            deadline = now + remaining / 1000.0 if remaining is not None else None
+            self._track(protocol, rid, ser, method, result, deadline)
+
+    def _token_ok(self, protocol: RpcProtocol, comp: int, ser: int, body: bytes) -> bool:
+        """Read only the request's meta (never its arguments) and check the token."""
+        try:
+            if comp != _NO_COMPRESSION:
+                body = compress.decompress(comp, body, protocol.settings.max_decompressed)
+            meta = read_meta(ser, body)
+        except Exception:
+            return False  # undecodable: the caller is not authenticated either way
+        return meta.__class__ is dict and meta.get("token") in self.tokens
 
     def _not_found(self, service: Any, name: Any) -> str:
         if service not in self.services:
