@@ -36,6 +36,7 @@ from bench.workload import HOST
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
+NOISY_PCT = 15
 
 
 def _env() -> dict[str, str]:
@@ -239,6 +240,28 @@ def table(rows: list[dict[str, Any]], baseline: str | None) -> str:
     return "\n".join(lines)
 
 
+def _busy_cpu_s() -> float | None:
+    """
+    CPU seconds all processes of the machine have used so far (Linux).
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal
+    busy = fields[0] + fields[1] + fields[2] + sum(fields[5:8])
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """
+    CPU seconds of this driver and of its reaped children (all workers).
+    """
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -315,11 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpu": server_cpu,
         "client_cpu": client_cpu,
         "cpus": os.cpu_count(),
-        "loadavg_start": os.getloadavg(),
         "versions": _versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     started = time.monotonic()
+    busy0, own0 = _busy_cpu_s(), _own_cpu_s()
     servers: dict[str, Server] = {}
     runs: list[dict[str, Any]] = []
     try:
@@ -347,20 +370,35 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers.values():
             server.stop()
 
-    meta["loadavg_end"] = os.getloadavg()
-    meta["wall_s"] = round(time.monotonic() - started, 1)
+    wall = time.monotonic() - started
+    meta["wall_s"] = round(wall, 1)
+    busy1 = _busy_cpu_s()
+    # Noise indicator: the CPU the rest of the machine took from our cores.
+    other = None
+    if busy0 is not None and busy1 is not None:
+        other = max(0.0, (busy1 - busy0) - (_own_cpu_s() - own0)) / wall
+    meta["other_cpu_load"] = other
     rows = summarize(runs, args.systems, args.concurrency, args.baseline)
-    pin = (f"server on cpu {server_cpu}, client on cpu {client_cpu}"
-           if server_cpu is not None else "not pinned")  # fmt: skip
-    print(
-        f"\necho of a small msgpack dict over {HOST}, one connection; "
+    facts = [
+        f"echo of a small msgpack dict over {HOST}, one connection per client",
         f"{args.rounds} alternating rounds of {args.warmup:g}s warm-up + "
-        f"{args.duration:g}s; median round shown; {pin}; "
-        f"load avg {meta['loadavg_start'][0]:.2f} -> {meta['loadavg_end'][0]:.2f}; "
-        f"{meta['wall_s']}s\n",
-        file=out,
-    )
+        f"{args.duration:g}s, median round shown",
+        f"server on cpu {server_cpu}, client on cpu {client_cpu}"
+        if server_cpu is not None else "not pinned to CPUs",
+    ]  # fmt: skip
+    if other is not None:
+        facts.append(f"other processes used {other:.0%} of a CPU meanwhile")
+    facts.append(f"{meta['wall_s']}s")
+    print("\n" + ";\n".join(facts) + "\n", file=out)
     print(table(rows, args.baseline), file=out)
+    noisy = [r for r in rows if r["spread_pct"] / 2 > NOISY_PCT]
+    if noisy:
+        print(
+            f"\nnote: {len(noisy)} of {len(rows)} rows vary more than "
+            f"±{NOISY_PCT}% between rounds; the ratios (paired per round) are "
+            "steadier than the absolute numbers; more --rounds narrow the median.",
+            file=out,
+        )
     if args.json:
         doc = json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=2)
         if args.json == "-":
