@@ -1,0 +1,416 @@
+"""
+Run the side-by-side benchmark: every system's server in its own process,
+one client process per measurement, alternating rounds, a table of medians.
+
+    python -m bench.run [--duration S] [--warmup S] [--rounds N]
+                        [--concurrency 1,64] [--systems baseline,amp,...]
+                        [--json PATH|-]
+
+See bench/README.md for what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.util import find_spec
+from pathlib import Path
+from typing import IO, Any
+
+if __package__ in (None, ""):
+    # Run as a script (python bench/run.py): import bench from the checkout,
+    # not modules from bench/ as if they were top-level.
+    _root = str(Path(__file__).resolve().parent.parent)
+    sys.path[:1] = [_root]
+
+from bench.systems import DEFAULT
+from bench.workload import HOST
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 30.0
+NOISY_PCT = 15
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def _worker(role: str, system: str, cpu: int | None, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "bench.worker", role, system, "--host", HOST]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    return cmd + list(extra)
+
+
+def _tail(f: IO[bytes] | None, n: int = 2000) -> str:
+    if f is None:
+        return ""
+    f.flush()
+    f.seek(0)
+    return f.read().decode(errors="replace")[-n:]
+
+
+class Server:
+    """
+    One system's server process, started on a free port.
+    """
+
+    def __init__(self, system: str, cpu: int | None) -> None:
+        self.system = system
+        self.log = tempfile.TemporaryFile()
+        # Own session: a Ctrl-C reaches the driver only, which stops us.
+        # stdin stays open; when the driver dies it closes and we exit.
+        self.proc = subprocess.Popen(
+            _worker("server", system, cpu, "--port", "0", "--watch-stdin"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=_env(),
+            start_new_session=True,
+        )
+        self.port = self._wait_ready()
+
+    def _wait_ready(self) -> int:
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        deadline = time.monotonic() + READY_TIMEOUT
+        buf = b""
+        while time.monotonic() < deadline:
+            chunk = self.proc.stdout.read()
+            if chunk:
+                buf += chunk
+                for line in buf.splitlines():
+                    if line.startswith(b"READY "):
+                        return int(line.split()[1])
+            elif self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(
+            f"{self.system} server did not start:\n{_tail(self.log)}"
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+        self.log.close()
+
+
+def run_client(
+    server: Server, concurrency: int, args: argparse.Namespace, cpu: int | None
+) -> dict[str, Any]:
+    """
+    One measurement: a fresh client process, warm-up, then the window.
+    """
+    cmd = _worker(
+        "client", server.system, cpu,
+        "--port", str(server.port),
+        "--concurrency", str(concurrency),
+        "--duration", str(args.duration),
+        "--warmup", str(args.warmup),
+        "--max-calls", str(args.max_calls),
+    )  # fmt: skip
+    timeout = args.warmup + args.duration + 60
+    # subprocess.run kills the client on timeout or on any exception here.
+    done = subprocess.run(
+        cmd, capture_output=True, env=_env(), timeout=timeout,
+        start_new_session=True,
+    )  # fmt: skip
+    lines = done.stdout.decode().strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{server.system} client (c={concurrency}) failed, "
+            f"exit {done.returncode}:\n{done.stderr.decode()[-3000:]}"
+        )
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def _pick_cpus(pin: bool) -> tuple[int | None, int | None]:
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return cpus[0], cpus[1]
+
+
+def summarize(
+    runs: list[dict[str, Any]], systems: list[str], concurrencies: list[int],
+    baseline: str | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """
+    Per (system, concurrency): the median round, the spread, and the ratio
+    to the baseline (the median of the per-round ratios: each system's round
+    r divided by the baseline's round r, measured close together in time).
+    """
+    rows = []
+    for c in concurrencies:
+        base = {r["round"]: r for r in runs if r["system"] == baseline and r["concurrency"] == c}
+        for s in systems:
+            mine = sorted(
+                (r for r in runs if r["system"] == s and r["concurrency"] == c),
+                key=lambda r: r["calls_per_s"],
+            )
+            if not mine:
+                continue
+            rates = [r["calls_per_s"] for r in mine]
+            median = mine[(len(mine) - 1) // 2]  # lower median: a real round
+            ratios = [
+                r["calls_per_s"] / base[r["round"]]["calls_per_s"]
+                for r in mine
+                if r["round"] in base and base[r["round"]]["calls_per_s"] > 0
+            ]
+            rows.append({
+                "system": s,
+                "concurrency": c,
+                "rounds": len(mine),
+                "calls_per_s": median["calls_per_s"],
+                "p50_us": median["p50_us"],
+                "p99_us": median["p99_us"],
+                "min_calls_per_s": rates[0],
+                "max_calls_per_s": rates[-1],
+                "spread_pct": 100.0 * (rates[-1] - rates[0]) / median["calls_per_s"]
+                if median["calls_per_s"] else float("nan"),
+                "ratio": statistics.median(ratios) if ratios else None,
+                "errors": sum(r["errors"] for r in mine),
+            })  # fmt: skip
+    return rows
+
+
+def _us(v: float) -> str:
+    """
+    A latency in microseconds, readable: "95 µs", "2,633 µs", "13.3 ms".
+    """
+    return f"{v:,.0f} µs" if v < 10_000 else f"{v / 1000:,.1f} ms"
+
+
+def table(rows: list[dict[str, Any]], baseline: str | None) -> str:
+    head = ["system", "conc", "calls/s", "spread (min..max)", "p50", "p99",
+            f"vs {baseline}" if baseline else "ratio"]  # fmt: skip
+    body = []
+    for r in rows:
+        body.append([
+            r["system"],
+            str(r["concurrency"]),
+            f"{r['calls_per_s']:,.0f}",
+            f"±{r['spread_pct'] / 2:.0f}% ({r['min_calls_per_s']:,.0f}..{r['max_calls_per_s']:,.0f})",
+            _us(r["p50_us"]),
+            _us(r["p99_us"]),
+            f"{r['ratio']:.2f}" if r["ratio"] is not None else "-",
+        ] + ([f"ERRORS {r['errors']}"] if r["errors"] else []))  # fmt: skip
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    left = {0}
+
+    def fmt(row: list[str]) -> str:
+        cells = [
+            row[i].ljust(widths[i]) if i in left else row[i].rjust(widths[i])
+            for i in range(len(head))
+        ]
+        return "  ".join(cells + row[len(head):]).rstrip()
+
+    lines = [fmt(head), "  ".join("-" * w for w in widths)]
+    prev = None
+    for r, row in zip(rows, body):
+        if prev is not None and r["concurrency"] != prev:
+            lines.append("")
+        prev = r["concurrency"]
+        lines.append(fmt(row))
+    return "\n".join(lines)
+
+
+def _busy_cpu_s() -> float | None:
+    """
+    CPU seconds all processes of the machine have used so far (Linux).
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal
+    busy = fields[0] + fields[1] + fields[2] + sum(fields[5:8])
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """
+    CPU seconds of this driver and of its reaped children (all workers).
+    """
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("twisted", "msgpack", "grpcio"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Echo a small dict over loopback with each RPC system; "
+        "compare calls/s and latency at each concurrency on one connection.",
+    )
+    p.add_argument("--duration", type=float, default=1.5,
+                   help="measured seconds per run (default 1.5)")
+    p.add_argument("--warmup", type=float, default=0.5,
+                   help="discarded seconds at the start of each run (default 0.5)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="alternating rounds; the median is reported (default 5)")
+    p.add_argument("--concurrency", default="1,64",
+                   help="calls in flight on the one connection, comma list (default 1,64)")
+    p.add_argument("--systems", default=",".join(DEFAULT),
+                   help=f"comma list of bench/systems modules (default {','.join(DEFAULT)})")
+    p.add_argument("--baseline", default=DEFAULT[0],
+                   help=f"system the ratios are relative to (default {DEFAULT[0]})")
+    p.add_argument("--max-calls", type=int, default=1_000_000,
+                   help="cap on calls per run, warm-up included (default 1000000)")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin servers and clients to separate CPUs")
+    p.add_argument("--json", metavar="PATH",
+                   help="also write all results as JSON to PATH ('-': stdout, "
+                   "the table then goes to stderr)")
+    args = p.parse_args(argv)
+    args.systems = [s for s in args.systems.split(",") if s]
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    for name in args.systems:
+        if not name.isidentifier() or find_spec(f"bench.systems.{name}") is None:
+            p.error(f"no system {name!r}: expected a module bench/systems/{name}.py")
+    if args.baseline not in args.systems:
+        args.baseline = None
+    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or not args.systems:
+        p.error("need rounds >= 1, duration > 0, warmup >= 0 and some systems")
+    if any(c < 1 for c in args.concurrency) or not args.concurrency:
+        p.error("concurrency values must be >= 1")
+    return args
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    server_cpu, client_cpu = _pick_cpus(args.pin)
+    out = sys.stderr if args.json == "-" else sys.stdout
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    meta = {
+        "workload": "echo of a small dict (msgpack), one connection per client",
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+        "concurrency": args.concurrency,
+        "systems": args.systems,
+        "baseline": args.baseline,
+        "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
+        "cpus": os.cpu_count(),
+        "versions": _versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    started = time.monotonic()
+    busy0, own0 = _busy_cpu_s(), _own_cpu_s()
+    servers: dict[str, Server] = {}
+    runs: list[dict[str, Any]] = []
+    try:
+        for s in args.systems:
+            servers[s] = Server(s, server_cpu)
+            progress(f"{s}: server on {HOST}:{servers[s].port}")
+        for rnd in range(args.rounds):
+            # ABC CBA ABC ...: every system gets early and late slots alike.
+            order = args.systems if rnd % 2 == 0 else args.systems[::-1]
+            for c in args.concurrency:
+                for s in order:
+                    if not servers[s].alive():
+                        raise RuntimeError(f"{s} server died:\n{_tail(servers[s].log)}")
+                    result = run_client(servers[s], c, args, client_cpu)
+                    result["round"] = rnd
+                    runs.append(result)
+                    progress(
+                        f"round {rnd + 1}/{args.rounds} c={c:<3} {s:<10} "
+                        f"{result['calls_per_s']:>10,.0f} calls/s  "
+                        f"p50 {_us(result['p50_us'])}  p99 {_us(result['p99_us'])}"
+                        + (f"  ERRORS {result['errors']}: {result['first_error']}"
+                           if result["errors"] else "")
+                    )  # fmt: skip
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    wall = time.monotonic() - started
+    meta["wall_s"] = round(wall, 1)
+    busy1 = _busy_cpu_s()
+    # Noise indicator: the CPU the rest of the machine took from our cores.
+    other = None
+    if busy0 is not None and busy1 is not None:
+        other = max(0.0, (busy1 - busy0) - (_own_cpu_s() - own0)) / wall
+    meta["other_cpu_load"] = other
+    rows = summarize(runs, args.systems, args.concurrency, args.baseline)
+    facts = [
+        f"echo of a small msgpack dict over {HOST}, one connection per client",
+        f"{args.rounds} alternating rounds of {args.warmup:g}s warm-up + "
+        f"{args.duration:g}s, median round shown",
+        f"server on cpu {server_cpu}, client on cpu {client_cpu}"
+        if server_cpu is not None else "not pinned to CPUs",
+    ]  # fmt: skip
+    if other is not None:
+        facts.append(f"other processes used {other:.0%} of a CPU meanwhile")
+    facts.append(f"{meta['wall_s']}s")
+    print("\n" + ";\n".join(facts) + "\n", file=out)
+    print(table(rows, args.baseline), file=out)
+    noisy = [r for r in rows if r["spread_pct"] / 2 > NOISY_PCT]
+    if noisy:
+        print(
+            f"\nnote: {len(noisy)} of {len(rows)} rows vary more than "
+            f"±{NOISY_PCT}% between rounds; the ratios (paired per round) are "
+            "steadier than the absolute numbers; more --rounds narrow the median.",
+            file=out,
+        )
+    if args.json:
+        doc = json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=2)
+        if args.json == "-":
+            print(doc)
+        else:
+            Path(args.json).write_text(doc + "\n")
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        sys.exit(130)

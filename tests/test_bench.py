@@ -1,0 +1,91 @@
+"""
+The benchmark harness's own arithmetic and the baseline's id matching.
+"""
+
+from __future__ import annotations
+
+import msgpack
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from bench.run import summarize
+from bench.stats import Recorder, percentile
+from bench.systems.baseline import EchoClient
+
+
+class PercentileTests(TestCase):
+    def test_nearest_rank(self) -> None:
+        ordered = [float(i) for i in range(1, 101)]
+        self.assertEqual(percentile(ordered, 50), 50.0)
+        self.assertEqual(percentile(ordered, 99), 99.0)
+        self.assertEqual(percentile([7.0], 99), 7.0)
+
+
+class RecorderTests(TestCase):
+    def started(self, warmup: float = 1.0, duration: float = 2.0) -> Recorder:
+        rec = Recorder(warmup=warmup, duration=duration, max_calls=10)
+        rec.measure_from, rec.stop_at = 100.0, 100.0 + duration
+        return rec
+
+    def test_warmup_calls_are_not_measured(self) -> None:
+        rec = self.started()
+        self.assertTrue(rec.completed(99.0, 99.5))
+        self.assertEqual(rec.summary()["calls"], 0)
+
+    def test_calls_completing_in_the_window_are_measured(self) -> None:
+        rec = self.started()
+        self.assertTrue(rec.completed(99.9, 100.1))
+        self.assertTrue(rec.completed(100.5, 100.6))
+        summary = rec.summary()
+        self.assertEqual(summary["calls"], 2)
+        self.assertEqual(summary["calls_per_s"], 1.0)
+
+    def test_completion_after_the_window_stops_the_slot(self) -> None:
+        rec = self.started()
+        self.assertFalse(rec.completed(101.9, 102.0))
+        self.assertEqual(rec.summary()["calls"], 0)
+
+    def test_max_calls_bounds_issuing(self) -> None:
+        rec = Recorder(warmup=0, duration=1, max_calls=2)
+        self.assertEqual([rec.next_call(), rec.next_call(), rec.next_call()], [0, 1, None])
+        self.assertTrue(rec.hit_max_calls)
+
+    def test_failure_is_counted_with_the_first_error(self) -> None:
+        rec = self.started()
+        rec.failed(ValueError("boom"))
+        rec.failed(ValueError("again"))
+        summary = rec.summary()
+        self.assertEqual(summary["errors"], 2)
+        self.assertIn("boom", summary["first_error"])
+
+
+def _run(system: str, rnd: int, rate: float) -> dict:
+    return {"system": system, "concurrency": 1, "round": rnd, "calls_per_s": rate,
+            "p50_us": rate, "p99_us": rate, "errors": 0}  # fmt: skip
+
+
+class SummarizeTests(TestCase):
+    def test_median_round_and_paired_ratio(self) -> None:
+        runs = [
+            _run("base", 0, 100.0), _run("other", 0, 50.0),
+            _run("base", 1, 200.0), _run("other", 1, 60.0),
+            _run("base", 2, 100.0), _run("other", 2, 40.0),
+        ]  # fmt: skip
+        base, other = summarize(runs, ["base", "other"], [1], "base")
+        self.assertEqual(other["calls_per_s"], 50.0)
+        self.assertEqual(other["p50_us"], 50.0)  # taken from the same round
+        self.assertEqual(other["ratio"], 0.4)  # median of 0.5, 0.3, 0.4
+        self.assertEqual(base["ratio"], 1.0)
+        self.assertEqual((other["min_calls_per_s"], other["max_calls_per_s"]), (40.0, 60.0))
+
+
+class BaselineClientTests(TestCase):
+    def test_replies_are_matched_by_id_in_any_order(self) -> None:
+        client = EchoClient()
+        client.makeConnection(StringTransport())
+        first, second = client.call("a"), client.call("b")
+        for reply in ([1, "b"], [0, "a"]):
+            body = msgpack.packb(reply)
+            client.dataReceived(len(body).to_bytes(4, "big") + body)
+        self.assertEqual(self.successResultOf(first), "a")
+        self.assertEqual(self.successResultOf(second), "b")
