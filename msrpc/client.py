@@ -56,6 +56,10 @@ class RetryPolicy:
 IDEMPOTENT_RETRY = (ConnectionLost, Unavailable)
 
 
+#: Deferred.__init__ only sets these two attributes (so Call may set them itself).
+_PLAIN_DEFERRED_INIT = set(vars(Deferred())) == {"_callbacks", "_canceller"}
+
+
 def _cancel_call(call: "Call") -> None:
     # Deferred.cancel errbacks with CancelledError after this returns.
     call.client._abandon(call)
@@ -68,21 +72,26 @@ class Call(Deferred):  # type: ignore[type-arg]
     """
 
     def __init__(self, client: "Client", service: str, method: str, args: Any,
-                 kwargs: Any, meta: dict[str, Any], timeout: float, key: Any,
-                 idempotent: bool, deadline: float) -> None:
-        Deferred.__init__(self, _cancel_call)
+                 kwargs: Any, meta: dict[str, Any], deadline: float) -> None:
+        if _PLAIN_DEFERRED_INIT and not Deferred.debug:
+            # Exactly what Deferred.__init__ does (checked at import), minus a frame.
+            self._callbacks = []
+            self._canceller = _cancel_call
+        else:
+            Deferred.__init__(self, _cancel_call)
         self.client = client
         self.service = service
         self.method = method
         self.args = args
         self.kwargs = kwargs
         self.meta = meta
-        self.timeout = timeout
-        self.key = key
-        self.idempotent = idempotent
         self.deadline = deadline
 
-    # Per-attempt state; class-level defaults save stores on the hot path.
+    # Per-call options and per-attempt state; class-level defaults save stores on the
+    # hot path and are overridden only when they differ.
+    timeout = 0.0
+    key: Any = None
+    idempotent = False
     attempts = 0
     tried: Optional[set[Endpoint]] = None
     protocol: Optional[RpcProtocol] = None
@@ -228,21 +237,23 @@ class Client:
         if self.closed:
             return defer.fail(ConnectionLost("client is closed"))
         if timeout is None:
-            timeout = self.timeout
             call_meta: dict[str, Any] = {"deadline": self._timeout_ms}
+            timeout = self.timeout
         else:
             call_meta = {"deadline": int(timeout * 1000)}
         if self.token is not None:
             call_meta["token"] = self.token
         if meta:
             call_meta.update(meta)
-        if idempotent is None:
-            idempotent = f"{service}.{method}" in self.idempotent if self.idempotent else False
-        if args.__class__ is not list:
-            args = list(args)
         deadline = self._seconds() + timeout
-        call = Call(self, service, method, args, kwargs, call_meta, timeout, key, idempotent,
-                    deadline)
+        call = Call(self, service, method, args if args.__class__ is list else list(args),
+                    kwargs, call_meta, deadline)
+        call.timeout = timeout
+        if key is not None:
+            call.key = key
+        if idempotent or (idempotent is None and self.idempotent
+                          and f"{service}.{method}" in self.idempotent):
+            call.idempotent = True
         self._deadlines.add(call, deadline)
         view = self._views.get(service)
         if view is None:
@@ -250,7 +261,7 @@ class Client:
                 self._resolved, self._resolve_failed, callbackArgs=(call,),
                 errbackArgs=(call,))
             return call
-        # Hot path, inlined: pick an instance and send on its open connection.
+        # The hot path, inlined: pick an instance and send on its open connection.
         try:
             endpoint = view.balancer.pick(key).endpoint
         except NoInstances:

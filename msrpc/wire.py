@@ -48,6 +48,7 @@ class Serializer(IntEnum):
 REQUEST, RESPONSE, PING, PONG, CANCEL = (int(t) for t in MessageType)
 
 _pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
 
 
 def encode_frame(message_type: int, compression: int, serializer: int, request_id: int,
@@ -109,9 +110,21 @@ class FrameParser:
             self._chunks = []
             self._buffered = 0
         n = len(data)
+        if n > HEADER_SIZE:
+            # The common case at low concurrency: the read is exactly one frame.
+            magic, version, length, mtype, comp, ser, rid = _unpack_header(data)
+            if length == n and magic == MAGIC and version == VERSION and \
+                    length <= self.max_frame:
+                self.frames += 1
+                self._need = HEADER_SIZE
+                self._on_frame(mtype, comp, ser, rid, data[HEADER_SIZE:])
+                return
+        self._feed_many(data, n)
+
+    def _feed_many(self, data: bytes, n: int) -> None:
         offset = 0
         need = HEADER_SIZE
-        unpack = HEADER.unpack_from
+        unpack = _unpack_header
         on_frame = self._on_frame
         while n - offset >= HEADER_SIZE:
             magic, version, length, mtype, comp, ser, rid = unpack(data, offset)
