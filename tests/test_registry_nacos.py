@@ -13,7 +13,7 @@ from twisted.internet import ssl
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
-from twisted.test.proto_helpers import MemoryReactor
+from twisted.internet.testing import MemoryReactor
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 

@@ -198,7 +198,7 @@ class NacosRegistry:
                  context_path: str = DEFAULT_CONTEXT, api: NacosApi = V1) -> None:
         if username and password is None:
             raise ValueError("a Nacos username needs a password")
-        self.clock: IReactorTime = clock or reactor
+        self.clock: Any = clock or reactor  # an IReactorTime
         scheme = "https" if tls is not None and tls.enabled else "http"
         parsed = Endpoints.parse(servers, default_scheme=scheme)
         self.endpoints = Endpoints([_with_context(u, context_path) for u in parsed.urls])
@@ -315,8 +315,8 @@ class NacosRegistry:
         registrations, self._registrations = self._registrations, []
         for _, beater in registrations:
             beater.stop()
-        results = await DeferredList([r.deregister() for r, _ in registrations],
-                                     consumeErrors=True)
+        results: list[tuple[bool, Any]] = await DeferredList(
+            [r.deregister() for r, _ in registrations], consumeErrors=True)
         for (registration, _), (ok, result) in zip(registrations, results):
             if not ok:
                 log.warn("could not deregister {address} from nacos on close: {error}",
