@@ -9,7 +9,6 @@ import json
 import os
 from typing import Any
 
-from twisted.internet import ssl
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
@@ -24,6 +23,7 @@ from msrpc.registry.interface import IRegistration, IRegistry, IWatch
 from msrpc.registry.nacos import NacosRegistry, from_options, nacos_message, read_password
 from msrpc.registry.options import BACKENDS, backend_module
 from tests.nacos_fake import FakeNacos, Network
+from tests.tls_ca import TestCA
 
 A, B, C = "10.0.0.1:8848", "10.0.0.2:8848", "10.0.0.3:8848"
 
@@ -545,8 +545,7 @@ class OptionsTests(unittest.TestCase):
         self.assertNotIn("s3cret", repr(registry))
 
     def test_tls_options_make_https_the_default_scheme(self) -> None:
-        cert = ssl.KeyPair.generate().selfSignedCert(1, CN="nacos.test")
-        ca = _write(self.mktemp_dir(), "ca.pem", cert.dumpPEM())
+        ca = _write(self.mktemp_dir(), "ca.pem", TestCA("nacos test CA").pem)
         registry = from_options(MemoryReactor(), self.options(nacos="h1:8848", nacos_ca=ca))
         self.assertEqual(registry.endpoints.urls, ["https://h1:8848/nacos"])
 
