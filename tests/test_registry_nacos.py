@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -550,6 +552,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(registry.endpoints.urls, ["https://h1:8848/nacos"])
 
     def mktemp_dir(self) -> str:
-        path = self.mktemp()
-        os.makedirs(path)
+        """A fresh directory outside the source tree (pytest runs in the repo root)."""
+        path = tempfile.mkdtemp(prefix="msrpc-test-")
+        self.addCleanup(shutil.rmtree, path, True)
         return path

@@ -6,6 +6,8 @@ throw-away CA, a server certificate for 127.0.0.1 and a client certificate (mutu
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from twisted.internet import reactor, ssl
@@ -21,8 +23,8 @@ from tests.tls_ca import TestCA
 
 class NacosOverTLSTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
+        self.dir = tempfile.mkdtemp(prefix="msrpc-tls-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
         self.ca = TestCA("msrpc test CA")
         self.fake = FakeNacos()
         server_cert, server_key = self.ca.issue("nacos", ip="127.0.0.1")

@@ -157,9 +157,16 @@ class _Exit(protocol.ProcessProtocol):
 _LIVE: set["NacosServer"] = set()
 
 
+_HOMES: list[Path] = []
+
+
 def _kill_all() -> None:
+    """At exit: no server outlives the tests, and no home is left (MSRPC_KEEP_NACOS_HOME)."""
     for server in list(_LIVE):
         server._signal(signal.SIGKILL)
+    if not os.environ.get("MSRPC_KEEP_NACOS_HOME"):
+        for home in _HOMES:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 atexit.register(_kill_all)
@@ -176,6 +183,7 @@ class NacosServer:
         self.port = port or nacos_port()
         self.extra_flags = extra_flags
         self.home = Path(tempfile.mkdtemp(prefix=f"msrpc-nacos-{self.port}-"))
+        _HOMES.append(self.home)
         self.log_path = self.home / "nacos.out.log"
         self.username = ADMIN_USER
         self.password = ADMIN_PASSWORD
