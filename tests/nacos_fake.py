@@ -166,8 +166,12 @@ class FakeNacos(Resource):
         return self._beat_answer(args)
 
     def _beat_answer(self, args: dict[str, str]) -> bytes:
-        known = self._key(args) in self.instances or "beat" in args
-        return json.dumps({"clientBeatInterval": self.beat_interval_ms,
+        instance = self.instances.get(self._key(args))
+        known = instance is not None or "beat" in args
+        # like Nacos: the instance's preserved.heart.beat.interval, else the server's
+        own = str((instance or {}).get("metadata", {}).get("preserved.heart.beat.interval"))
+        interval = int(own) if own.isdigit() else self.beat_interval_ms
+        return json.dumps({"clientBeatInterval": interval,
                            "code": 10200 if known else 20404,
                            "lightBeatEnabled": True}).encode()
 

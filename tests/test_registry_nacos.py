@@ -130,6 +130,20 @@ class BeatTests(NacosTestCase):
         self.clock.pump([1.0] * 3)
         self.assertEqual(len(self.beats()), 4)
 
+    def test_first_beat_follows_the_instance_preserved_beat_interval(self) -> None:
+        self.register(self.registry(), svc(metadata={"preserved.heart.beat.interval": "1000"}))
+        self.clock.advance(0.9)
+        self.assertEqual(self.beats(), [])
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.beats()), 1)
+
+    def test_unusable_preserved_beat_interval_means_the_default(self) -> None:
+        self.register(self.registry(), svc(metadata={"preserved.heart.beat.interval": "soon"}))
+        self.clock.advance(4.9)
+        self.assertEqual(self.beats(), [])
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.beats()), 1)
+
     def test_beats_are_light_and_name_the_instance(self) -> None:
         self.register(self.registry(group="g1", cluster="c1"), svc())
         self.clock.advance(5)
