@@ -26,6 +26,7 @@ What it does, as the official clients do:
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
@@ -188,7 +189,7 @@ def first_beat_interval(instance: ServiceInstance) -> float:
         millis = float(instance.metadata.get(BEAT_INTERVAL_KEY, ""))
     except ValueError:
         return DEFAULT_BEAT_INTERVAL
-    return millis / 1000.0 if millis > 0 else DEFAULT_BEAT_INTERVAL
+    return millis / 1000.0 if 0 < millis < math.inf else DEFAULT_BEAT_INTERVAL
 
 
 @implementer(IRegistry)
