@@ -83,11 +83,26 @@ class _TLSPolicy:
                                        clientCertificate=self._client_cert)
 
 
-def make_http_client(reactor: Any, tls: Optional[TLSFiles] = None) -> HTTPClient:
-    """A treq client with a persistent connection pool (and our TLS policy, if any)."""
+class _QuietHTTP11ClientFactory(webClient._HTTP11ClientFactory):  # type: ignore[misc]
+    """No "Starting factory" log line for every pooled connection a registry opens."""
+
+    noisy = False
+
+
+def make_pool(reactor: Any) -> webClient.HTTPConnectionPool:
+    """The persistent pool our clients use; its owner closes it (``closeCachedConnections``)."""
     pool = webClient.HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietHTTP11ClientFactory
     pool.maxPersistentPerHost = 4
     pool.retryAutomatically = False  # we fail over ourselves; never replay a POST blindly
+    return pool
+
+
+def make_http_client(reactor: Any, tls: Optional[TLSFiles] = None,
+                     pool: Optional[webClient.HTTPConnectionPool] = None) -> HTTPClient:
+    """A treq client with a persistent connection pool (and our TLS policy, if any)."""
+    if pool is None:
+        pool = make_pool(reactor)
     if tls is not None and tls.enabled:
         agent = webClient.Agent(reactor, contextFactory=_TLSPolicy(tls), pool=pool)
     else:
@@ -164,5 +179,5 @@ def with_timeout(d: "defer.Deferred[T]", timeout: Optional[float],
     return d
 
 
-__all__ = ["CONNECTION_ERRORS", "is_connection_error", "TLSFiles", "make_http_client",
+__all__ = ["CONNECTION_ERRORS", "is_connection_error", "TLSFiles", "make_pool", "make_http_client",
            "Endpoints", "with_timeout"]

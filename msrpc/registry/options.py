@@ -17,6 +17,7 @@ from msrpc.registry.interface import IRegistry
 #: backend name → module implementing it.
 BACKENDS: dict[str, str] = {
     "local": "msrpc.registry.local",
+    "nacos": "msrpc.registry.nacos",
     "static": "msrpc.registry.static",
 }
 

@@ -1,0 +1,416 @@
+"""
+A real Nacos 2.x server for the integration tests (installed by ``scripts/install-nacos``).
+
+``NacosServer`` starts one standalone server (embedded Derby storage) on loopback with a
+temporary ``nacos.home``, optionally with auth on, and can stop, kill and restart it.
+Startup takes a few seconds, so ``shared_nacos()`` hands out one lazily started server per
+test process (one without auth, one with); a test that kills or restarts its server starts
+its own ``NacosServer`` instead.  Every server is SIGKILLed at interpreter exit and, where
+``setpriv`` exists, also when the test process itself dies, so none outlives the run.
+
+HTTP calls made here (readiness, login, the tests' direct look at Nacos's own API) use the
+standard library in a thread: they must not depend on the adapter under test, and they leave
+no connection behind in the reactor for trial's dirty-reactor check.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+from twisted.internet import defer, protocol, threads
+from twisted.python.failure import Failure
+
+from tests.servers import SERVERS_DIR, server_unavailable, wait_for
+
+NACOS_VERSION = os.environ.get("MSRPC_NACOS_VERSION", "2.3.2")
+HOST = "127.0.0.1"
+CONTEXT = "/nacos"
+
+#: The built-in admin of Nacos 2.3 (its Derby schema creates it with this password); Nacos
+#: 2.4+ has none until ``POST /v1/auth/users/admin`` sets one, which ``start`` also tries.
+ADMIN_USER = "nacos"
+ADMIN_PASSWORD = "nacos"
+
+#: JVM and Spring flags for a quick standalone start on loopback.  Tomcat binds only to
+#: 127.0.0.1; Nacos's gRPC (port+1000, +1001) and Raft (port-1000) ports bind all interfaces
+#: and have no option to do otherwise, so nothing but loopback is ever contacted.
+JVM_FLAGS = [
+    "-Xms256m", "-Xmx512m", "-Xss512k",
+    "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:-UsePerfData",
+    "-Djava.security.egd=file:/dev/./urandom",
+    "-Dnacos.standalone=true",
+    f"-Dserver.address={HOST}",
+    f"-Dnacos.inetutils.ip-address={HOST}",
+    "-Dnacos.istio.mcp.server.enabled=false",
+]
+
+START_TIMEOUT = 120.0
+STOP_TIMEOUT = 30.0
+
+
+def nacos_dir(version: str = NACOS_VERSION) -> Path:
+    return SERVERS_DIR / f"nacos-{version}"
+
+
+def installed(version: str = NACOS_VERSION) -> bool:
+    return (nacos_dir(version) / "classpath.txt").is_file() and shutil.which("java") is not None
+
+
+def require_nacos(version: str = NACOS_VERSION) -> None:
+    """Skip (or fail under CI) when Nacos is not installed."""
+    if not installed(version):
+        server_unavailable(f"Nacos {version} not installed in {nacos_dir(version)} "
+                           "(run scripts/install-nacos)")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))  # the gRPC and Raft ports bind every interface
+        except OSError:
+            return False
+    return True
+
+
+def nacos_port() -> int:
+    """A free HTTP port whose Raft (-1000) and gRPC (+1000, +1001) companions are free too."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if not 2024 <= port <= 64000:
+            continue
+        if all(_port_free(p) for p in (port, port - 1000, port + 1000, port + 1001)):
+            return port
+    raise RuntimeError("no free port with free port-1000, port+1000 and port+1001")
+
+
+# --------------------------------------------------------------------------- plain HTTP
+
+
+class HTTPResult:
+    """Status, headers and body of one blocking request (for fixtures and direct checks)."""
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<HTTPResult {self.status} {self.text[:200]!r}>"
+
+
+def http_blocking(method: str, url: str, params: Optional[dict[str, Any]] = None,
+                  timeout: float = 5.0) -> HTTPResult:
+    """One HTTP request with urllib; form-encodes ``params`` (query for GET/DELETE)."""
+    data = None
+    if params:
+        encoded = urllib.parse.urlencode(params)
+        if method in ("GET", "DELETE"):
+            url = f"{url}?{encoded}"
+        else:
+            data = encoded.encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return HTTPResult(response.status, response.read(), dict(response.headers))
+    except urllib.error.HTTPError as e:
+        return HTTPResult(e.code, e.read(), dict(e.headers))
+
+
+def http(method: str, url: str, params: Optional[dict[str, Any]] = None,
+         timeout: float = 5.0) -> "defer.Deferred[HTTPResult]":
+    """``http_blocking`` in the reactor's thread pool."""
+    return threads.deferToThread(http_blocking, method, url, params, timeout)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class _Exit(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+
+
+_LIVE: set["NacosServer"] = set()
+
+
+_HOMES: list[Path] = []
+
+
+def _kill_all() -> None:
+    """At exit: no server outlives the tests, and no home is left (MSRPC_KEEP_NACOS_HOME)."""
+    for server in list(_LIVE):
+        server._signal(signal.SIGKILL)
+    if not os.environ.get("MSRPC_KEEP_NACOS_HOME"):
+        for home in _HOMES:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+atexit.register(_kill_all)
+
+
+class NacosServer:
+    """One standalone Nacos process; ``url`` is ``http://127.0.0.1:<port>`` (no context)."""
+
+    def __init__(self, reactor: Any, *, auth: bool = False, version: str = NACOS_VERSION,
+                 port: Optional[int] = None, extra_flags: tuple[str, ...] = ()) -> None:
+        self.reactor = reactor
+        self.auth = auth
+        self.version = version
+        self.port = port or nacos_port()
+        self.extra_flags = extra_flags
+        self.home = Path(tempfile.mkdtemp(prefix=f"msrpc-nacos-{self.port}-"))
+        _HOMES.append(self.home)
+        self.log_path = self.home / "nacos.out.log"
+        self.username = ADMIN_USER
+        self.password = ADMIN_PASSWORD
+        # Per server: the secret signs tokens, the identity lets cluster members in.
+        self.token_secret = base64.b64encode(os.urandom(32)).decode()
+        self.identity = ("msrpc-test", base64.b16encode(os.urandom(8)).decode())
+        self.started_at: Optional[float] = None
+        self.startup_seconds: Optional[float] = None
+        self._pid: Optional[int] = None
+        self._exit: Optional[_Exit] = None
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def api(self) -> str:
+        """Base of the HTTP API: ``url`` plus Nacos's context path."""
+        return self.url + CONTEXT
+
+    @property
+    def running(self) -> bool:
+        return self._pid is not None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def command(self) -> list[str]:
+        root = nacos_dir(self.version)
+        classpath = ":".join(str(root / p) for p in
+                             (root / "classpath.txt").read_text().strip().split(":"))
+        flags = JVM_FLAGS + [f"-Dnacos.home={self.home}", f"-Dserver.port={self.port}"]
+        if self.auth:
+            flags += [
+                "-Dnacos.core.auth.enabled=true",
+                "-Dnacos.core.auth.system.type=nacos",
+                f"-Dnacos.core.auth.plugin.nacos.token.secret.key={self.token_secret}",
+                f"-Dnacos.core.auth.server.identity.key={self.identity[0]}",
+                f"-Dnacos.core.auth.server.identity.value={self.identity[1]}",
+                # read users from the database on each login: no 5-15 s cache warm-up
+                "-Dnacos.core.auth.caching.enabled=false",
+            ]
+        java = [shutil.which("java") or "java", *flags, *self.extra_flags,
+                "-cp", classpath, "com.alibaba.nacos.Nacos"]
+        setpriv = shutil.which("setpriv")
+        if setpriv:  # SIGKILL the server if this test process dies without running atexit
+            return [setpriv, "--pdeathsig", "KILL", "--", *java]
+        return java
+
+    def start(self) -> "defer.Deferred[NacosServer]":
+        """Spawn the server and wait until it answers (and, with auth, accepts a login)."""
+        require_nacos(self.version)
+        if self.running:
+            raise RuntimeError(f"Nacos on port {self.port} is already running")
+        args = self.command()
+        # No pipes: the child writes to the log file, so nothing of it lives in the reactor.
+        with open(self.log_path, "ab") as log, open(os.devnull, "rb") as null:
+            log.write(f"\n=== starting: {' '.join(args)}\n".encode())
+            log.flush()
+            self._exit = _Exit()
+            process = self.reactor.spawnProcess(
+                self._exit, args[0], args, env=dict(os.environ), path=str(self.home),
+                childFDs={0: null.fileno(), 1: log.fileno(), 2: log.fileno()})
+        self._pid = process.pid
+        _LIVE.add(self)
+        self._exit.ended.addBoth(self._ended)
+        self.started_at = self.reactor.seconds()
+        return self._wait_ready()
+
+    def _ended(self, result: Any) -> Any:
+        self._pid = None
+        _LIVE.discard(self)
+        return result
+
+    async def _ready_check(self) -> bool:
+        if not self.running:
+            raise RuntimeError(f"Nacos exited during startup:\n{self.log_tail()}")
+        result = await http("GET", self.api + "/v1/console/health/readiness", timeout=2)
+        if result.status != 200:
+            return False
+        if self.auth:
+            await self._ensure_admin()
+            login = await self.login()
+            return login.status == 200
+        return True
+
+    def _wait_ready(self) -> "defer.Deferred[NacosServer]":
+        async def wait() -> NacosServer:
+            try:
+                await wait_for(self.reactor, lambda: defer.Deferred.fromCoroutine(
+                    self._ready_check()), START_TIMEOUT, f"Nacos on port {self.port}",
+                    interval=0.1)
+            except Exception as e:
+                await self.kill()
+                raise RuntimeError(f"{e}\n--- Nacos log ({self.log_path}):\n"
+                                   f"{self.log_tail()}") from e
+            assert self.started_at is not None
+            self.startup_seconds = self.reactor.seconds() - self.started_at
+            return self
+
+        return defer.Deferred.fromCoroutine(wait())
+
+    async def _ensure_admin(self) -> None:
+        """Nacos 2.4+ starts without an admin password: set ours (2.3 answers 404)."""
+        await http("POST", self.api + "/v1/auth/users/admin", {"password": self.password})
+
+    def login(self, username: Optional[str] = None, password: Optional[str] = None
+              ) -> "defer.Deferred[HTTPResult]":
+        return http("POST", self.api + "/v1/auth/login",
+                    {"username": username or self.username,
+                     "password": self.password if password is None else password})
+
+    def _signal(self, signum: int) -> None:
+        if self._pid is not None:
+            try:
+                os.kill(self._pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _wait_exit(self, timeout: float) -> "defer.Deferred[None]":
+        if self._exit is None or self._exit.ended.called:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+
+        def exited(result: Any) -> Any:
+            if not waiter.called:
+                waiter.callback(None)
+            return result
+
+        self._exit.ended.addBoth(exited)
+        waiter.addTimeout(timeout, self.reactor)
+        return waiter
+
+    def stop(self) -> "defer.Deferred[None]":
+        """SIGTERM (Nacos shuts down cleanly), then SIGKILL if it takes too long."""
+        if not self.running:
+            return defer.succeed(None)
+        self._signal(signal.SIGTERM)
+
+        def too_slow(failure: Failure) -> "defer.Deferred[None]":
+            failure.trap(defer.TimeoutError)
+            return self.kill()
+
+        return self._wait_exit(STOP_TIMEOUT).addErrback(too_slow)
+
+    def kill(self) -> "defer.Deferred[None]":
+        """SIGKILL: the server dies as in a crash, without deregistering anything."""
+        if not self.running:
+            return defer.succeed(None)
+        self._signal(signal.SIGKILL)
+        return self._wait_exit(STOP_TIMEOUT)
+
+    def restart(self) -> "defer.Deferred[NacosServer]":
+        """Stop and start again on the same ports and home (ephemeral instances are lost)."""
+        return self.stop().addCallback(lambda _: self.start())
+
+    def cleanup(self) -> "defer.Deferred[None]":
+        """Kill the server and remove its home (keeps the home if it is needed for a log)."""
+        def remove(_: Any) -> None:
+            shutil.rmtree(self.home, ignore_errors=True)
+        return self.kill().addCallback(remove)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ------------------------------------------------------------------ direct API access
+
+    def token_params(self, token: Optional[str]) -> dict[str, str]:
+        return {"accessToken": token} if token else {}
+
+    async def admin_token(self) -> Optional[str]:
+        if not self.auth:
+            return None
+        result = await self.login()
+        if result.status != 200:
+            raise RuntimeError(f"admin login failed: {result!r}")
+        return str(result.json()["accessToken"])
+
+    async def instances(self, service: str, **params: Any) -> list[dict[str, Any]]:
+        """Nacos's own instance list (``/v1/ns/instance/list``), without our adapter."""
+        query = {"serviceName": service, **params, **self.token_params(await self.admin_token())}
+        result = await http("GET", self.api + "/v1/ns/instance/list", query)
+        if result.status != 200:
+            raise RuntimeError(f"instance list failed: {result!r}")
+        return list(result.json()["hosts"])
+
+    def __repr__(self) -> str:
+        state = f"pid {self._pid}" if self.running else "stopped"
+        return f"<NacosServer {self.version} {self.url} auth={self.auth} {state}>"
+
+
+_SHARED: dict[bool, "defer.Deferred[NacosServer]"] = {}
+
+
+def shared_nacos(reactor: Any, auth: bool = False) -> "defer.Deferred[NacosServer]":
+    """
+    The process-wide server (one without auth, one with), started on first use and killed at
+    exit.  Tests must not stop it; one that must kill or restart Nacos starts its own.
+    """
+    require_nacos()
+    existing = _SHARED.get(auth)
+    if existing is not None and existing.called:
+        result = getattr(existing, "result", None)
+        if not isinstance(result, NacosServer) or not result.running:
+            existing = None  # it failed to start or died: try a fresh one
+    if existing is None:
+        server = NacosServer(reactor, auth=auth)
+        existing = server.start()
+        _SHARED[auth] = existing
+    out: defer.Deferred[NacosServer] = defer.Deferred()
+
+    def relay(result: Any) -> Any:
+        out.callback(result)
+        return result
+
+    def relay_error(failure: Failure) -> None:
+        out.errback(failure)
+        return None  # keep the shared Deferred quiet; every caller gets the error
+
+    existing.addCallbacks(relay, relay_error)
+    return out
+
+
+__all__ = ["NACOS_VERSION", "NacosServer", "shared_nacos", "require_nacos", "installed",
+           "nacos_port", "http", "http_blocking", "HTTPResult", "ADMIN_USER", "ADMIN_PASSWORD"]
