@@ -83,11 +83,22 @@ class _TLSPolicy:
                                        clientCertificate=self._client_cert)
 
 
-def make_http_client(reactor: Any, tls: Optional[TLSFiles] = None) -> HTTPClient:
-    """A treq client with a persistent connection pool (and our TLS policy, if any)."""
+def make_pool(reactor: Any) -> webClient.HTTPConnectionPool:
+    """A persistent pool that never replays a POST by itself (we fail over ourselves)."""
     pool = webClient.HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 4
-    pool.retryAutomatically = False  # we fail over ourselves; never replay a POST blindly
+    pool.retryAutomatically = False
+    return pool
+
+
+def make_http_client(reactor: Any, tls: Optional[TLSFiles] = None,
+                     pool: Optional[webClient.HTTPConnectionPool] = None) -> HTTPClient:
+    """
+    A treq client with a persistent connection pool (and our TLS policy, if any).  Pass your
+    own ``pool`` (see ``make_pool``) to close its cached connections when you are done.
+    """
+    if pool is None:
+        pool = make_pool(reactor)
     if tls is not None and tls.enabled:
         agent = webClient.Agent(reactor, contextFactory=_TLSPolicy(tls), pool=pool)
     else:
@@ -164,5 +175,5 @@ def with_timeout(d: "defer.Deferred[T]", timeout: Optional[float],
     return d
 
 
-__all__ = ["CONNECTION_ERRORS", "is_connection_error", "TLSFiles", "make_http_client",
+__all__ = ["CONNECTION_ERRORS", "is_connection_error", "TLSFiles", "make_pool", "make_http_client",
            "Endpoints", "with_timeout"]
