@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from twisted.internet import defer, error
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -241,7 +243,9 @@ class Router:
         if base in self.down:
             return defer.fail(error.ConnectionRefusedError())
         if base in self.hung:
-            return defer.Deferred()
+            # Like twisted.web's Agent: a cancelled request fails with the cancel wrapped.
+            return defer.Deferred(lambda d: d.errback(
+                ResponseNeverReceived([Failure(defer.CancelledError())])))
         return self.stub.post(url, *args, **kwargs)
 
 

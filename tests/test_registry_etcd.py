@@ -253,6 +253,20 @@ class FailoverTests(EtcdCase):
         self.assertEqual(self.successResultOf(d), [])
         self.assertEqual(self.router.tried, [E1, E1, E2, E2])  # two reads in parallel
 
+    def test_cancelled_request_does_not_fail_over(self) -> None:
+        self.router.hung.add(E1)
+        d = self.registry.lookup("arith")
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.router.tried, [E1, E1])
+
+    def test_close_cancels_lookups_in_flight(self) -> None:
+        self.router.hung.add(E1)
+        d = self.registry.lookup("arith")
+        self.successResultOf(self.registry.close())
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_member_without_leader_503_fails_over(self) -> None:
         self.fake.fail_next("/v3/kv/range", 503, "etcdserver: request timed out", 14)
         self.assertEqual(self.successResultOf(self.registry.lookup("arith")), [])
@@ -512,6 +526,14 @@ class WatchTests(WatchCase):
         self.send(watch_line([put_event(KEY, ARITH.to_json(), 5)], 5))
         self.assertEqual(calls, [0, 1])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_stop_while_listing_leaves_nothing_behind(self) -> None:
+        self.router.hung.add(E1)
+        watch = self.registry.watch("arith", self.seen.append)
+        watch.stop()
+        self.assertEqual(self.router.tried, [E1, E1])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.seen, [])
 
     def test_close_stops_watches(self) -> None:
         self.start_watch()

@@ -226,6 +226,8 @@ class _ServiceWatch:
                     return
                 raise
             except Exception as e:
+                if self._stopped:  # a cancel can surface as another exception
+                    return
                 error = e
             if self._created:
                 failures = 0
@@ -407,6 +409,7 @@ class EtcdRegistry:
                     self.log.warn("could not deregister {key}; it expires with its lease "
                                   "within {ttl}s: {error}", key=keeper.key, ttl=self.ttl,
                                   error=failure.getErrorMessage())
+            self.gateway.close()  # lookups still in flight
             if self._pool is not None:
                 await self._pool.closeCachedConnections()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Callable, Optional, Protocol as TypingProtocol, Sequence
+from typing import Any, Callable, Optional, Protocol as TypingProtocol, Sequence, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -26,6 +26,8 @@ import treq
 
 from msrpc.errors import RegistryAuthError, RegistryError
 from msrpc.registry.http import Endpoints, with_timeout
+
+T = TypeVar("T")
 
 BACKEND = "etcd"
 
@@ -214,12 +216,27 @@ class EtcdGateway:
         self._token: Optional[str] = None
         self._auth_off = False      # the server said auth is not enabled
         self._auth_lock = defer.DeferredLock()
+        self._inflight: set[defer.Deferred[Any]] = set()
+
+    def _track(self, d: "defer.Deferred[T]") -> "defer.Deferred[T]":
+        self._inflight.add(d)
+
+        def done(result: Any) -> Any:
+            self._inflight.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    def close(self) -> None:
+        """Cancel every request still in flight (their callers see CancelledError)."""
+        for d in list(self._inflight):
+            d.cancel()
 
     # ----------------------------------------------------------------- unary calls
 
     def call(self, path: str, body: dict[str, Any]) -> "defer.Deferred[dict[str, Any]]":
         """POST ``body`` to ``/v3/<path>``; the decoded answer, or an ``EtcdError``."""
-        return defer.Deferred.fromCoroutine(self._call(path, body))
+        return self._track(defer.Deferred.fromCoroutine(self._call(path, body)))
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         token = await self.token()
@@ -238,8 +255,7 @@ class EtcdGateway:
         data = json.dumps(body).encode("utf-8")
 
         async def once(url: str) -> dict[str, Any]:
-            response = await self._http.post(url + path, data=data,
-                                             headers=self._headers(token))
+            response = await self._post(url + path, data, token)
             content = await treq.content(response)
             if response.code != 200:
                 raise self._classify(parse_error(response.code, content), token)
@@ -253,6 +269,23 @@ class EtcdGateway:
                 what=path, backend=BACKEND)
 
         return defer.Deferred.fromCoroutine(attempt())
+
+    async def _post(self, url: str, data: bytes, token: Optional[str],
+                    **kwargs: Any) -> IResponse:
+        """
+        One POST.  A cancelled request fails as ``ResponseNeverReceived([CancelledError])``;
+        we turn that back into ``CancelledError`` so that a cancel from above (close,
+        watch.stop) stops here instead of failing over, while ``with_timeout`` still turns
+        its own cancel into a ``TimeoutError`` that does fail over.
+        """
+        try:
+            return await self._http.post(url, data=data, headers=self._headers(token),
+                                         **kwargs)
+        except Exception as e:
+            reasons = getattr(e, "reasons", None)
+            if reasons and all(r.check(defer.CancelledError) for r in reasons):
+                raise defer.CancelledError() from e
+            raise
 
     def _headers(self, token: Optional[str]) -> dict[str, list[str]]:
         headers = {"Content-Type": ["application/json"]}
@@ -286,8 +319,7 @@ class EtcdGateway:
             data = b"\n".join(json.dumps(r).encode("utf-8") for r in requests)
 
             async def once(url: str) -> IResponse:
-                response = await self._http.post(url + path, data=data, unbuffered=True,
-                                                 headers=self._headers(token))
+                response = await self._post(url + path, data, token, unbuffered=True)
                 if response.code != 200:
                     content = await treq.content(response)
                     error = self._classify(parse_error(response.code, content), token)
@@ -300,7 +332,7 @@ class EtcdGateway:
                 what=path, backend=BACKEND)
             return response, token
 
-        return defer.Deferred.fromCoroutine(open_())
+        return self._track(defer.Deferred.fromCoroutine(open_()))
 
     # ----------------------------------------------------------------- auth
 

@@ -28,8 +28,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     netError.ConnectionLost,
     netError.ConnectionDone,
     netError.TimeoutError,
-    defer.TimeoutError,
-    defer.CancelledError,           # our own per-request timeout cancels the request
+    defer.TimeoutError,             # with_timeout turns its own cancel into this
     webClient.ResponseNeverReceived,
     webClient.RequestTransmissionFailed,
     webClient.ResponseFailed,
