@@ -13,13 +13,16 @@ import sys
 from typing import Any, Sequence
 
 from twisted.internet import defer, reactor, task
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from msrpc.errors import RegistryAuthError
+from msrpc.errors import RegistryAuthError, RegistryUnavailable
 from msrpc.registry.etcd import EtcdRegistry
+from msrpc.registry.http import TLSFiles
 from msrpc.registry.instance import ServiceInstance
 from tests.servers import REPO_ROOT, free_port, wait_for
-from tests.servers.etcd import EtcdServer, post_json, start_cluster, start_etcd
+from tests.servers.etcd import EtcdServer, client_tls, post_json, start_cluster, start_etcd
+from tests.servers.tls import make_pki
 from tests.servers.process import LoggedProcess
 
 TTL = 2.0
@@ -159,6 +162,23 @@ class RegistrationTestsMixin(EtcdTestMixin):
         self.assertEqual([(i.host, i.port) for i in instances], [("127.0.0.1", 7001)])
 
 
+    @run
+    async def test_https_endpoint_with_client_certificate(self) -> None:
+        server = await self.start(tls=True)
+        registry = self.registry(server.url.replace("https://", ""), tls=client_tls(server.pki))
+        await registry.register(ARITH)
+        self.assertEqual(await registry.lookup("arith"), [ARITH])
+
+    @run
+    async def test_https_endpoint_with_an_unknown_ca_is_unavailable(self) -> None:
+        server = await self.start(tls=True)
+        (server.workdir / "other").mkdir()
+        strangers = make_pki(server.workdir / "other")
+        registry = self.registry(server.url, tls=TLSFiles(ca=str(strangers.ca)))
+        with self.assertRaises(RegistryUnavailable):
+            await registry.lookup("arith")
+
+
 class WatchTestsMixin(EtcdTestMixin):
     @run
     async def test_watch_sees_an_instance_added_and_removed(self) -> None:
@@ -199,6 +219,29 @@ class WatchTestsMixin(EtcdTestMixin):
         await server.restart()
         await server.etcdctl("put", KEY, ARITH.to_json())
         await self.until(lambda: seen[-1] == [9112], 15, "change after restart")
+
+
+    @run
+    async def test_watch_lists_again_when_it_missed_a_compaction(self) -> None:
+        server = await self.start()
+        registry = self.registry(server.url, backoff=lambda attempt: 1.5)
+        messages: list[str] = []
+        observer = lambda event: messages.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        seen: list[list[int]] = []
+        watch = registry.watch("arith", lambda xs: seen.append([i.port for i in xs]))
+        self.addCleanup(watch.stop)
+        await self.until(lambda: seen == [[]], 5, "initial watch list")
+        await server.stop()
+        await server.restart()
+        # While the watch waits to reconnect: a change, then a compaction past it.
+        await server.etcdctl("put", KEY, ARITH.to_json())
+        _, answer = await post_json(reactor, server.url + "/v3/kv/put",
+                                    {"key": base64.b64encode(b"/other").decode()})
+        await server.etcdctl("compaction", answer["header"]["revision"])
+        await self.until(lambda: seen[-1] == [9112], 10, "list after compaction")
+        self.assertTrue(any("compaction" in m for m in messages), messages)
 
 
 class AuthTestsMixin(EtcdTestMixin):

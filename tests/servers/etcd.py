@@ -25,8 +25,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 import treq
 from treq.client import HTTPClient
 
+from msrpc.registry.http import TLSFiles, make_http_client
 from tests.servers import SERVERS_DIR, free_ports, server_unavailable, wait_for
 from tests.servers.process import LoggedProcess
+from tests.servers.tls import PKI, make_pki
 
 VERSIONS = ("3.4", "3.5")
 ROOT_PASSWORD = "root-pw"
@@ -50,9 +52,17 @@ def etcd_binaries(version: str) -> EtcdBinaries:
     return found
 
 
-def _http(reactor: Any) -> HTTPClient:
+def _http(reactor: Any, pki: Optional[PKI] = None) -> HTTPClient:
     """A client that keeps no connection open (trial checks the reactor is clean)."""
-    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    if pki is not None:
+        return make_http_client(reactor, client_tls(pki), pool=pool)
+    return HTTPClient(Agent(reactor, pool=pool))
+
+
+def client_tls(pki: PKI) -> TLSFiles:
+    """What a client of a TLS etcd started with ``pki`` needs."""
+    return TLSFiles(ca=str(pki.ca), cert=str(pki.client_cert), key=str(pki.client_key))
 
 
 async def post_json(reactor: Any, url: str, body: dict[str, Any],
@@ -78,7 +88,7 @@ class EtcdServer:
     def __init__(self, reactor: Any, version: str = "3.5", *, name: str = "msrpc",
                  workdir: Optional[Path] = None, client_port: Optional[int] = None,
                  peer_port: Optional[int] = None, initial_cluster: Optional[str] = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 pki: Optional[PKI] = None, extra_args: Sequence[str] = ()) -> None:
         self.reactor = reactor
         self.bin = etcd_binaries(version)
         self.version = version
@@ -87,7 +97,8 @@ class EtcdServer:
         if client_port is None or peer_port is None:
             client_port, peer_port = free_ports(2)
         self.client_port, self.peer_port = client_port, peer_port
-        self.url = f"http://127.0.0.1:{client_port}"
+        self.pki = pki  # https with client certificates when given
+        self.url = f"{'https' if pki else 'http'}://127.0.0.1:{client_port}"
         self.peer_url = f"http://127.0.0.1:{peer_port}"
         self.data_dir = self.workdir / f"{name}.etcd"
         self.log_path = self.workdir / f"{name}.log"
@@ -105,8 +116,14 @@ class EtcdServer:
             "--initial-cluster-token", f"msrpc-test-{self.workdir.name}",
             # short raft timers: elections (startup, leader loss) take a fraction of a second
             "--heartbeat-interval", "50", "--election-timeout", "250",
-            *self.extra_args,
+            *self._tls_args(), *self.extra_args,
         ]
+
+    def _tls_args(self) -> list[str]:
+        if self.pki is None:
+            return []
+        return ["--cert-file", str(self.pki.server_cert), "--key-file", str(self.pki.server_key),
+                "--trusted-ca-file", str(self.pki.ca), "--client-cert-auth"]
 
     @property
     def running(self) -> bool:
@@ -134,7 +151,7 @@ class EtcdServer:
     async def healthy(self) -> bool:
         if not self.running:
             raise RuntimeError(f"etcd {self.name} exited:\n{self.log_tail()}")
-        d = _http(self.reactor).get(self.url + "/health")
+        d = _http(self.reactor, self.pki).get(self.url + "/health")
         d.addTimeout(2.0, self.reactor)
         response = await d
         body = await treq.content(response)
@@ -170,6 +187,9 @@ class EtcdServer:
         argv = [f"--endpoints={endpoints or self.url}", "--command-timeout=5s"]
         if self.auth_enabled:
             argv.append(f"--user=root:{ROOT_PASSWORD}")
+        if self.pki is not None:
+            argv += [f"--cacert={self.pki.ca}", f"--cert={self.pki.client_cert}",
+                     f"--key={self.pki.client_key}"]
         env = {"ETCDCTL_API": "3", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         d = utils.getProcessOutputAndValue(str(self.bin.etcdctl), [*argv, *args], env=env,
                                            reactor=self.reactor)
@@ -262,6 +282,11 @@ class EtcdCluster:
     def stop(self) -> "defer.Deferred[Any]":
         return defer.gatherResults([m.stop() for m in self.members], consumeErrors=True)
 
+    def kill(self) -> "defer.Deferred[Any]":
+        """SIGKILL every member.  Teardown uses this: SIGTERMing the members of a cluster
+        that already lost one makes each wait seconds for a leadership transfer."""
+        return defer.gatherResults([m.kill() for m in self.members], consumeErrors=True)
+
     def log_tail(self) -> str:
         return "".join(m.log_tail() for m in self.members)
 
@@ -280,9 +305,15 @@ def _cleanup(test: TestCase, stop: Any, log_tail: Any, workdir: Path) -> None:
 
 def start_etcd(test: TestCase, version: str = "3.5",
                **kwargs: Any) -> "defer.Deferred[EtcdServer]":
-    """A running single-node etcd, stopped and removed when ``test`` ends."""
+    """
+    A running single-node etcd, stopped and removed when ``test`` ends.  ``tls=True``
+    serves https with client-certificate auth (``server.pki`` has the PEM files).
+    """
     from twisted.internet import reactor
 
+    if kwargs.pop("tls", False):
+        workdir = Path(tempfile.mkdtemp(prefix=f"msrpc-etcd{version}-tls-"))
+        kwargs.update(workdir=workdir, pki=make_pki(workdir))
     server = EtcdServer(reactor, version, **kwargs)
     _cleanup(test, server.stop, server.log_tail, server.workdir)
     return server.start().addCallback(lambda _: server)
@@ -294,5 +325,5 @@ def start_cluster(test: TestCase, version: str = "3.5",
     from twisted.internet import reactor
 
     cluster = EtcdCluster(reactor, version, size)
-    _cleanup(test, cluster.stop, cluster.log_tail, cluster.workdir)
+    _cleanup(test, cluster.kill, cluster.log_tail, cluster.workdir)
     return cluster.start().addCallback(lambda _: cluster)
