@@ -236,8 +236,16 @@ class Router:
         self.down: set[str] = set()
         self.hung: set[str] = set()
         self.tried: list[str] = []   # base URL of every request, in order
+        self.holding: set[str] = set()  # paths whose requests wait for release()
+        self._held: list[tuple[str, dict[str, Any], defer.Deferred[Any]]] = []
 
-    def post(self, url: str, *args: Any, **kwargs: Any) -> "defer.Deferred[Any]":
+    def release(self) -> None:
+        """Send the requests held so far on to the fake, in order."""
+        held, self._held = self._held, []
+        for url, kwargs, d in held:
+            self.stub.post(url, **kwargs).chainDeferred(d)
+
+    def post(self, url: str, /, **kwargs: Any) -> "defer.Deferred[Any]":
         base = url[: url.index("/v3/")]
         self.tried.append(base)
         if base in self.down:
@@ -246,7 +254,11 @@ class Router:
             # Like twisted.web's Agent: a cancelled request fails with the cancel wrapped.
             return defer.Deferred(lambda d: d.errback(
                 ResponseNeverReceived([Failure(defer.CancelledError())])))
-        return self.stub.post(url, *args, **kwargs)
+        if url[len(base):] in self.holding:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self._held.append((url, kwargs, d))
+            return d
+        return self.stub.post(url, **kwargs)
 
 
 def watch_line(events: list[dict[str, Any]], revision: int) -> bytes:

@@ -193,6 +193,43 @@ class RegisterTests(EtcdCase):
         self.assertEqual(self.fake.kv, {})
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_half_done_reregistration_is_completed_on_the_next_beat(self) -> None:
+        self.register()
+        self.fake.expire(self.fake.lease_of(KEY))
+        self.fake.fail_next("/v3/kv/put", 503, "etcdserver: request timed out", 14)
+        self.clock.advance(3.0)               # new lease granted, but the put failed
+        self.assertIsNone(self.fake.value(KEY))
+        self.clock.advance(3.0)
+        self.assertIsNotNone(self.fake.value(KEY))
+
+    def test_fractional_ttl_is_rounded_up_to_whole_seconds(self) -> None:
+        self.successResultOf(self.make_registry(ttl=2.5).register(ARITH))
+        self.assertEqual(self.fake.calls_to("/v3/lease/grant")[0].body["TTL"], 3)
+
+    def test_registration_finishing_after_close_revokes_its_lease(self) -> None:
+        self.register()
+        self.router.holding = {"/v3/kv/put"}
+        d = self.registry.register(ARITH.with_changes(port=9113, instance_id=""))
+        self.router.holding = {"/v3/lease/revoke"}  # close() is busy revoking the first
+        closed = self.registry.close()
+        self.router.holding.clear()
+        self.router.release()                       # the late put lands, then that revoke
+        self.failureResultOf(d, RegistryError)
+        self.successResultOf(closed)
+        self.assertEqual((self.fake.kv, self.fake.leases), ({}, {}))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_close_cancels_a_registration_in_flight(self) -> None:
+        self.router.holding = {"/v3/kv/put"}
+        d = self.registry.register(ARITH)
+        self.successResultOf(self.registry.close())
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_register_after_close_is_refused(self) -> None:
+        self.successResultOf(self.registry.close())
+        self.failureResultOf(self.registry.register(ARITH), RegistryError)
+
     def test_first_registration_failure_reaches_the_caller(self) -> None:
         self.router.down.add(E1)
         self.failureResultOf(self.registry.register(ARITH), RegistryUnavailable)

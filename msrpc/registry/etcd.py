@@ -10,6 +10,7 @@ service (``<service>`` → ``"host:port"``), so msrpc clients find msgo servers.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -102,26 +103,34 @@ class _LeaseKeeper:
         self._loop = task.LoopingCall(lambda: defer.Deferred.fromCoroutine(self._beat()))
         self._loop.clock = clock
         self._loop_done: Optional[defer.Deferred[Any]] = None
+        self._stopping = False
 
     async def start(self) -> None:
         """First registration: errors go to the caller, who decides whether to go on."""
         await self._establish()
+        if self._stopping:  # closed while we were registering: leave nothing behind
+            await self._revoke()
+            raise RegistryError("the etcd registry was closed during registration",
+                                backend="etcd")
         self._loop_done = self._loop.start(self.ttl / 3.0, now=False)
 
     async def _establish(self) -> None:
+        """Grant a lease and put the key on it; ``self.lease`` is set only once both did."""
+        ttl = max(1, math.ceil(self.ttl))  # etcd wants whole seconds; never shorter
         for attempt in (1, 2):
-            grant = await self.gateway.call("/v3/lease/grant", {"TTL": int(max(self.ttl, 1))})
-            self.lease = str(grant["ID"])
+            grant = await self.gateway.call("/v3/lease/grant", {"TTL": ttl})
+            lease = str(grant["ID"])
             try:
                 await self.gateway.call("/v3/kv/put", {"key": b64(self.key),
-                                                       "value": self._value,
-                                                       "lease": self.lease})
-                return
+                                                       "value": self._value, "lease": lease})
             except EtcdError as e:
                 if not e.lease_not_found or attempt == 2:
                     raise
                 self.log.warn("lease {lease} of {key} expired before the put; granting "
-                              "another", lease=self.lease, key=self.key)
+                              "another", lease=lease, key=self.key)
+            else:
+                self.lease = lease
+                return
 
     async def _keepalive(self) -> bool:
         """Refresh the lease; False when etcd no longer knows it."""
@@ -145,21 +154,26 @@ class _LeaseKeeper:
 
     async def stop(self) -> None:
         """Stop the keepalives (after any in flight) and revoke the lease, deleting the key."""
+        self._stopping = True
         if self._loop.running:
             self._loop.stop()
         if self._loop_done is not None:
             await self._loop_done
+        if await self._revoke():
+            self.log.info("deregistered {service} at {address} ({key})",
+                          service=self.instance.service, address=self.instance.address,
+                          key=self.key)
+
+    async def _revoke(self) -> bool:
         lease, self.lease = self.lease, None
         if lease is None:
-            return
+            return False
         try:
             await self.gateway.call("/v3/lease/revoke", {"ID": lease})
         except EtcdError as e:
             if not e.lease_not_found:
                 raise
-        self.log.info("deregistered {service} at {address} ({key})",
-                      service=self.instance.service, address=self.instance.address,
-                      key=self.key)
+        return True
 
 
 # --------------------------------------------------------------------------- watch
@@ -324,10 +338,12 @@ class EtcdRegistry:
             scheme = "https" if tls is not None and tls.enabled else "http"
             endpoints = Endpoints.parse(endpoints, default_scheme=scheme)
         self._pool = None
-        if http is None:
+        if http is None:  # ours, so close() closes its connections
             self._pool = make_pool(reactor)
-            http = make_http_client(reactor, tls, pool=self._pool)
-        self.gateway = EtcdGateway(reactor, http, endpoints, timeout=timeout, user=user,
+            client: HTTPPoster = make_http_client(reactor, tls, pool=self._pool)
+        else:
+            client = http
+        self.gateway = EtcdGateway(reactor, client, endpoints, timeout=timeout, user=user,
                                    password=password)
         self.clock = reactor
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
@@ -335,6 +351,7 @@ class EtcdRegistry:
         self._backoff = backoff or default_backoff()
         self._keepers: list[_LeaseKeeper] = []
         self._watches: list[_ServiceWatch] = []
+        self._closed = False
 
     # ----------------------------------------------------------------- keys
 
@@ -368,8 +385,14 @@ class EtcdRegistry:
                               self.ttl)
 
         async def register() -> IRegistration:
-            await keeper.start()
-            self._keepers.append(keeper)
+            self._check_open()
+            self._keepers.append(keeper)  # so that close() meanwhile reaches it
+            try:
+                await keeper.start()
+            except BaseException:
+                if keeper in self._keepers:
+                    self._keepers.remove(keeper)
+                raise
             self.log.info("registered {service} at {address} as {key} (lease {lease}, "
                           "TTL {ttl}s)", service=instance.service, address=instance.address,
                           key=keeper.key, lease=keeper.lease, ttl=self.ttl)
@@ -391,12 +414,19 @@ class EtcdRegistry:
         return defer.Deferred.fromCoroutine(lookup())
 
     def watch(self, service: str, callback: WatchCallback) -> IWatch:
+        self._check_open()
         self._service_prefix(service)  # validate now, not inside the loop
         watch = _ServiceWatch(self, service, callback, self._backoff)
         self._watches.append(watch)
         return watch
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RegistryError("the etcd registry is closed", backend="etcd")
+
     def close(self) -> "defer.Deferred[None]":
+        self._closed = True
+
         async def close() -> None:
             for watch in self._watches:
                 watch.stop()
@@ -408,7 +438,7 @@ class EtcdRegistry:
                 if not ok:
                     self.log.warn("could not deregister {key}; it expires with its lease "
                                   "within {ttl}s: {error}", key=keeper.key, ttl=self.ttl,
-                                  error=failure.getErrorMessage())
+                                  error=failure)
             self.gateway.close()  # lookups still in flight
             if self._pool is not None:
                 await self._pool.closeCachedConnections()

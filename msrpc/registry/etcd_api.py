@@ -43,7 +43,8 @@ log = Logger()
 class HTTPPoster(TypingProtocol):
     """What we need of a treq ``HTTPClient`` (``treq.testing.StubTreq`` has it too)."""
 
-    def post(self, url: str, data: Any = ..., **kwargs: Any) -> "defer.Deferred[IResponse]":
+    def post(self, url: str, /, *, data: bytes = ..., headers: Any = ...,
+             unbuffered: bool = ...) -> "defer.Deferred[Any]":
         ...
 
 

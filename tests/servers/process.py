@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -40,7 +39,7 @@ class _Exit(ProcessProtocol):
 class LoggedProcess:
     """One child whose stdout and stderr go (appended) to ``log_path``."""
 
-    def __init__(self, reactor: IReactorProcess, argv: Sequence[str], log_path: Path,
+    def __init__(self, reactor: Any, argv: Sequence[str], log_path: Path,
                  env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None) -> None:
         self.argv = [str(a) for a in argv]
         self.log_path = log_path
@@ -98,5 +97,10 @@ class LoggedProcess:
 def _wait(d: "defer.Deferred[Any]") -> "defer.Deferred[Any]":
     """A new Deferred with ``d``'s result, leaving ``d`` itself intact for other waiters."""
     waiter: defer.Deferred[Any] = defer.Deferred()
-    d.addBoth(lambda r: (waiter.callback(r), r)[1])
+
+    def relay(result: Any) -> Any:
+        waiter.callback(result)
+        return result
+
+    d.addBoth(relay)
     return waiter
