@@ -195,6 +195,22 @@ class WatchTestsMixin(EtcdTestMixin):
         self.assertEqual(seen, [[], [9112], []])
 
     @run
+    async def test_watch_follows_a_msgo_plain_key_next_to_our_prefix(self) -> None:
+        server = await self.start()
+        await server.etcdctl("put", "arith", "127.0.0.1:7001")
+        registry = self.registry(server.url)
+        seen: list[list[int]] = []
+        watch = registry.watch("arith", lambda xs: seen.append(sorted(i.port for i in xs)))
+        self.addCleanup(watch.stop)
+        await self.until(lambda: seen == [[7001]], 5, "initial watch list")
+        await server.etcdctl("put", "arith", "127.0.0.1:7002")
+        await self.until(lambda: seen[-1] == [7002], 5, "changed plain key")
+        await self.registry(server.url).register(ARITH)
+        await self.until(lambda: seen[-1] == [7002, 9112], 5, "instance beside it")
+        await server.etcdctl("del", "arith")
+        await self.until(lambda: seen[-1] == [9112], 5, "deleted plain key")
+
+    @run
     async def test_watch_sees_an_expired_lease_as_removal(self) -> None:
         server = await self.start()
         registry = self.registry(server.url)

@@ -631,6 +631,20 @@ class WatchRecoveryTests(WatchCase):
         self.router.flush()
         self.assertEqual(self.stream.start_revision, 78)
 
+    def test_each_watcher_resumes_after_its_own_revision(self) -> None:
+        self.fake.put_raw("arith", "127.0.0.1:9000")   # two watchers: prefix and plain key
+        self.start_watch()
+        plain_event = json.loads(watch_line([put_event("arith", "127.0.0.1:9001", 50)], 50))
+        plain_event["result"]["watch_id"] = "1"
+        self.send(json.dumps(plain_event).encode() + b"\n")
+        self.send(watch_line([put_event(KEY, ARITH.to_json(), 41)], 50))
+        self.stream.end()
+        self.router.flush()
+        self.clock.advance(1.0)
+        self.router.flush()
+        starts = [int(b["create_request"]["start_revision"]) for b in self.stream.bodies]
+        self.assertEqual(starts, [42, 51])
+
     def test_compaction_lists_again_and_rewatches_from_the_new_revision(self) -> None:
         self.start_watch()
         self.register()                           # changed while we were away

@@ -205,7 +205,9 @@ class _ServiceWatch:
         self._callback = callback
         self._backoff = backoff
         self._kvs: dict[bytes, ServiceInstance] = {}
-        self._revision: Optional[int] = None   # everything up to here is in _kvs
+        # Per watcher of the stream (0: our prefix, 1: msgo's plain key), the revision up
+        # to which its changes are in _kvs; each resumes after its own.  Empty = list again.
+        self._revisions: dict[int, int] = {}
         self._with_plain = False               # whether msgo's plain key is readable
         self._last: Optional[tuple] = None
         self._token: Optional[str] = None      # the one the current stream was opened with
@@ -227,13 +229,13 @@ class _ServiceWatch:
             self._created = False
             error: Optional[BaseException] = None
             try:
-                if self._revision is None:
+                if not self._revisions:
                     await self._list()
                 await self._stream()
             except _Compacted:
                 self.log.info("watch of {service} fell behind a compaction; listing again",
                               service=self.service)
-                self._revision = None
+                self._revisions = {}
                 continue
             except defer.CancelledError:
                 if self._stopped:
@@ -247,7 +249,8 @@ class _ServiceWatch:
                 failures = 0
             if error is None:
                 self.log.info("watch stream of {service} ended; resuming after revision "
-                              "{revision}", service=self.service, revision=self._revision)
+                              "{revision}", service=self.service,
+                              revision=min(self._revisions.values()))
             else:
                 self._outage.failed("watch of {service} interrupted, retrying", error,
                                     service=self.service)
@@ -258,18 +261,19 @@ class _ServiceWatch:
 
     async def _list(self) -> None:
         revision, kvs, plain = await self._registry._read(self.service)
-        self._kvs, self._revision, self._with_plain = kvs, revision, plain
+        self._kvs, self._with_plain = kvs, plain
+        self._revisions = {0: revision, 1: revision} if plain else {0: revision}
         self._notify()
 
     async def _stream(self) -> None:
         """One watch stream, until it ends or fails."""
-        start = str((self._revision or 0) + 1)
         prefix = self._registry._service_prefix(self.service).encode()
-        requests = [{"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
-                                        "start_revision": start, "progress_notify": True}}]
-        if self._with_plain:
-            requests.append({"create_request": {"key": b64(self.service),
-                                                "start_revision": start}})
+        ranges = [{"key": b64(prefix), "range_end": b64(prefix_end(prefix))},
+                  {"key": b64(self.service)}]
+        # etcd numbers the watchers of one stream 0, 1, ... in request order.
+        requests = [{"create_request": {**ranges[watch_id], "progress_notify": True,
+                                        "start_revision": str(revision + 1)}}
+                    for watch_id, revision in sorted(self._revisions.items())]
         response, self._token = await self._gateway.open_stream("/v3/watch", requests)
         stream = LineStream(self._on_line)
         response.deliverBody(stream)
@@ -286,9 +290,10 @@ class _ServiceWatch:
                 self._created = True
                 self._outage.recovered("watch of {service} is back", service=self.service)
             return
+        watch_id = int(result.get("watch_id", 0))
         events = result.get("events")
-        if not events:  # a progress notification: nothing changed up to this revision
-            self._revision = max(self._revision or 0, header_revision(result))
+        if not events:  # a progress notification: this watcher is complete up to here
+            self._advance(watch_id, header_revision(result))
             return
         for event in events:
             kv = event["kv"]
@@ -301,8 +306,13 @@ class _ServiceWatch:
                     self._kvs[key] = instance
                 else:
                     self._kvs.pop(key, None)
-            self._revision = max(self._revision or 0, int(kv.get("mod_revision", 0)))
+            self._advance(watch_id, int(kv.get("mod_revision", 0)))
         self._notify()
+
+    def _advance(self, watch_id: int, revision: int) -> None:
+        """Note how far a watcher has delivered (another one may still be catching up)."""
+        if watch_id in self._revisions:
+            self._revisions[watch_id] = max(self._revisions[watch_id], revision)
 
     def _notify(self) -> None:
         instances = _sorted(self._kvs.values())
