@@ -369,6 +369,17 @@ class ClusterTests(EtcdTestMixin, TestCase):
         await self.until(lambda: seen[-1] == [9112], 10, "change seen after failover")
 
 
+    @run
+    async def test_killed_member_rejoins_with_its_data_after_restart(self) -> None:
+        cluster = await start_cluster(self, "3.5")
+        member = cluster.members[2]
+        await member.kill()
+        await cluster.members[0].etcdctl("put", "/msrpc/while-away", "x")
+        await member.restart()
+        out = await member.etcdctl("get", "/msrpc/while-away", "--print-value-only")
+        self.assertEqual(out.strip(), "x")
+
+
 # --------------------------------------------------------------------------- helpers
 
 

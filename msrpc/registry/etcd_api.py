@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Callable, Optional, Protocol as TypingProtocol, Sequence, TypeVar
+from typing import (Any, Callable, Coroutine, Optional, Protocol as TypingProtocol, Sequence,
+                    TypeVar)
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -259,17 +260,19 @@ class EtcdGateway:
             response = await self._post(url + path, data, token)
             content = await treq.content(response)
             if response.code != 200:
-                raise self._classify(parse_error(response.code, content), token)
+                raise self._classify(parse_error(response.code, content))
             # Stream endpoints (keepalive) answer one ``{"result": ...}`` line per request.
             return unwrap(json.loads(content))
 
-        async def attempt() -> dict[str, Any]:
-            return await self.endpoints.attempt(
-                lambda url: with_timeout(defer.Deferred.fromCoroutine(once(url)),
-                                         self.timeout, self.clock),
-                what=path, backend=BACKEND)
+        return self._attempt(path, once)
 
-        return defer.Deferred.fromCoroutine(attempt())
+    def _attempt(self, path: str,
+                 once: Callable[[str], Coroutine[Any, Any, T]]) -> "defer.Deferred[T]":
+        """``once(url)`` on each endpoint in turn, each try cut off after the timeout."""
+        return defer.Deferred.fromCoroutine(self.endpoints.attempt(
+            lambda url: with_timeout(defer.Deferred.fromCoroutine(once(url)), self.timeout,
+                                     self.clock),
+            what=path, backend=BACKEND))
 
     async def _post(self, url: str, data: bytes, token: Optional[str],
                     **kwargs: Any) -> IResponse:
@@ -294,7 +297,7 @@ class EtcdGateway:
             headers["Authorization"] = [token]  # raw token; "Bearer x" is rejected
         return headers
 
-    def _classify(self, error: EtcdError, token: Optional[str]) -> Exception:
+    def _classify(self, error: EtcdError) -> Exception:
         """Turn an error answer into what the caller should see (or retry on)."""
         if error.status == 503 or error.code == UNAVAILABLE:
             return _EndpointUnavailable(f"{error.message} (HTTP {error.status})")
@@ -323,15 +326,11 @@ class EtcdGateway:
                 response = await self._post(url + path, data, token, unbuffered=True)
                 if response.code != 200:
                     content = await treq.content(response)
-                    error = self._classify(parse_error(response.code, content), token)
+                    error = self._classify(parse_error(response.code, content))
                     raise (error.error if isinstance(error, _TokenRejected) else error)
                 return response
 
-            response = await self.endpoints.attempt(
-                lambda url: with_timeout(defer.Deferred.fromCoroutine(once(url)),
-                                         self.timeout, self.clock),
-                what=path, backend=BACKEND)
-            return response, token
+            return await self._attempt(path, once), token
 
         return self._track(defer.Deferred.fromCoroutine(open_()))
 
