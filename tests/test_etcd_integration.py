@@ -374,6 +374,7 @@ class ClusterTests(EtcdTestMixin, TestCase):
         cluster = await start_cluster(self, "3.5")
         member = cluster.members[2]
         await member.kill()
+        await cluster.wait_leader()
         await cluster.members[0].etcdctl("put", "/msrpc/while-away", "x")
         await member.restart()
         out = await member.etcdctl("get", "/msrpc/while-away", "--print-value-only")

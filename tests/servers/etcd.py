@@ -237,6 +237,7 @@ class EtcdCluster:
 
     def __init__(self, reactor: Any, version: str = "3.5", size: int = 3) -> None:
         self.reactor = reactor
+        etcd_binaries(version)  # skip before making anything
         self.workdir = Path(tempfile.mkdtemp(prefix=f"msrpc-etcd{version}-cluster-"))
         ports = free_ports(2 * size)
         names = [f"m{i + 1}" for i in range(size)]
@@ -275,6 +276,18 @@ class EtcdCluster:
 
         return defer.Deferred.fromCoroutine(leader())
 
+    def wait_leader(self, timeout: float = 10.0) -> "defer.Deferred[None]":
+        """
+        Until a running member leads.  Write right after killing the leader and wait for
+        this first: a proposal in flight to the dead leader hangs until etcd's 5 s timeout.
+        """
+
+        async def led() -> bool:
+            await self.leader()
+            return True
+
+        return wait_for(self.reactor, led, timeout, "a new etcd leader")
+
     async def _member_id(self, member: EtcdServer) -> str:
         _, status = await post_json(self.reactor, member.url + "/v3/maintenance/status", {})
         return str(status["header"]["member_id"])
@@ -311,6 +324,7 @@ def start_etcd(test: TestCase, version: str = "3.5",
     """
     from twisted.internet import reactor
 
+    etcd_binaries(version)  # skip before making anything
     if kwargs.pop("tls", False):
         workdir = Path(tempfile.mkdtemp(prefix=f"msrpc-etcd{version}-tls-"))
         kwargs.update(workdir=workdir, pki=make_pki(workdir))
