@@ -76,6 +76,10 @@ class ContractTests(EtcdCase):
     def test_service_name_with_slash_is_refused(self) -> None:
         self.assertRaises(ValueError, self.registry.watch, "a/b", lambda i: None)
 
+    def test_registering_a_service_name_with_slash_fails_the_deferred(self) -> None:
+        instance = ServiceInstance(service="a/b", host="h", port=1)
+        self.failureResultOf(self.registry.register(instance), ValueError)
+
 
 class EncodingTests(TestCase):
     def test_prefix_end_increments_the_last_byte(self) -> None:

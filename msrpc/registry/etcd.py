@@ -222,6 +222,7 @@ class _ServiceWatch:
         if not self._stopped:
             self._stopped = True
             self._task.cancel()
+            self._registry._forget(self)
 
     async def _run(self) -> None:
         failures = 0
@@ -391,11 +392,10 @@ class EtcdRegistry:
     # ----------------------------------------------------------------- IRegistry
 
     def register(self, instance: ServiceInstance) -> "defer.Deferred[IRegistration]":
-        keeper = _LeaseKeeper(self.gateway, self.clock, instance, self.key_for(instance),
-                              self.ttl)
-
         async def register() -> IRegistration:
             self._check_open()
+            keeper = _LeaseKeeper(self.gateway, self.clock, instance, self.key_for(instance),
+                                  self.ttl)
             self._keepers.append(keeper)  # so that close() meanwhile reaches it
             try:
                 await keeper.start()
@@ -430,6 +430,10 @@ class EtcdRegistry:
         self._watches.append(watch)
         return watch
 
+    def _forget(self, watch: _ServiceWatch) -> None:
+        if watch in self._watches:
+            self._watches.remove(watch)
+
     def _check_open(self) -> None:
         if self._closed:
             raise RegistryError("the etcd registry is closed", backend="etcd")
@@ -438,9 +442,8 @@ class EtcdRegistry:
         self._closed = True
 
         async def close() -> None:
-            for watch in self._watches:
+            for watch in list(self._watches):
                 watch.stop()
-            self._watches.clear()
             keepers, self._keepers = self._keepers, []
             results = await defer.DeferredList(
                 [defer.Deferred.fromCoroutine(k.stop()) for k in keepers], consumeErrors=True)
