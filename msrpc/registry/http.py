@@ -174,5 +174,5 @@ def with_timeout(d: "defer.Deferred[T]", timeout: Optional[float],
     return d
 
 
-__all__ = ["CONNECTION_ERRORS", "is_connection_error", "TLSFiles", "make_pool", "make_http_client",
-           "Endpoints", "with_timeout"]
+__all__ = ["CONNECTION_ERRORS", "is_connection_error", "TLSFiles", "make_pool",
+           "make_http_client", "Endpoints", "with_timeout"]
