@@ -28,8 +28,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     netError.ConnectionLost,
     netError.ConnectionDone,
     netError.TimeoutError,
-    defer.TimeoutError,
-    defer.CancelledError,           # our own per-request timeout cancels the request
+    defer.TimeoutError,             # with_timeout turns its own cancel into this
     webClient.ResponseNeverReceived,
     webClient.RequestTransmissionFailed,
     webClient.ResponseFailed,
@@ -100,7 +99,10 @@ def make_pool(reactor: Any) -> webClient.HTTPConnectionPool:
 
 def make_http_client(reactor: Any, tls: Optional[TLSFiles] = None,
                      pool: Optional[webClient.HTTPConnectionPool] = None) -> HTTPClient:
-    """A treq client with a persistent connection pool (and our TLS policy, if any)."""
+    """
+    A treq client with a persistent connection pool (and our TLS policy, if any).  Pass your
+    own ``pool`` (see ``make_pool``) to close its cached connections when you are done.
+    """
     if pool is None:
         pool = make_pool(reactor)
     if tls is not None and tls.enabled:
@@ -179,5 +181,5 @@ def with_timeout(d: "defer.Deferred[T]", timeout: Optional[float],
     return d
 
 
-__all__ = ["CONNECTION_ERRORS", "is_connection_error", "TLSFiles", "make_pool", "make_http_client",
-           "Endpoints", "with_timeout"]
+__all__ = ["CONNECTION_ERRORS", "is_connection_error", "TLSFiles", "make_pool",
+           "make_http_client", "Endpoints", "with_timeout"]

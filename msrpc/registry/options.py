@@ -16,6 +16,7 @@ from msrpc.registry.interface import IRegistry
 
 #: backend name → module implementing it.
 BACKENDS: dict[str, str] = {
+    "etcd": "msrpc.registry.etcd",
     "local": "msrpc.registry.local",
     "nacos": "msrpc.registry.nacos",
     "static": "msrpc.registry.static",
