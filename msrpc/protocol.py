@@ -286,7 +286,11 @@ class RpcProtocol(Protocol):
         except EncodeError as e:
             body = codec.encode({"code": 500, "msg": f"result could not be encoded: {e}",
                                  "data": None, "details": {"type": "EncodeError"}})
-        self._send(RESPONSE, ser, rid, body)
+        if self._compression != _NONE and len(body) >= self._threshold:
+            self._send(RESPONSE, ser, rid, body)
+        else:
+            self._write(_pack_header(MAGIC, VERSION, HEADER_SIZE + len(body), RESPONSE, _NONE,
+                                     ser, rid) + body)
 
 
 def _not_connected(data: bytes) -> None:
