@@ -17,10 +17,12 @@ from typing import Any, Optional, Sequence
 from twisted.internet import defer, task
 from twisted.python import usage
 
+from msrpc.auth import client_token
 from msrpc.client import Client
 from msrpc.codec import JsonCodec
 from msrpc.errors import MsrpcError
 from msrpc.registry.options import make_registry, registry_parameters
+from msrpc.tls import TLSFiles
 
 
 def parse_arg(text: str) -> Any:
@@ -39,6 +41,9 @@ class CallOptions(usage.Options):
         ["serializer", None, "msgpack", "Wire serializer: msgpack or json."],
         ["token-file", None, None, "File holding the auth token to send "
                                    "(or set MSRPC_TOKEN)."],
+        ["tls-ca", None, None, "Call over TLS, verifying servers against this CA (PEM)."],
+        ["tls-cert", None, None, "Client certificate (PEM) for servers that require one."],
+        ["tls-key", None, None, "Key of the client certificate (PEM)."],
     ] + registry_parameters()
 
     def parseArgs(self, target: str, *args: str) -> None:
@@ -82,16 +87,6 @@ class MainOptions(usage.Options):
             raise usage.UsageError("choose a command: call or ls")
 
 
-def read_token(options: usage.Options) -> Optional[str]:
-    import os
-
-    path = options.get("token-file")
-    if path:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip()
-    return os.environ.get("MSRPC_TOKEN") or None
-
-
 def to_json(value: Any) -> str:
     """Results as JSON; types JSON lacks come out tagged, as the JSON codec sends them."""
     return json.dumps(json.loads(JsonCodec().encode(value)), ensure_ascii=False)
@@ -100,7 +95,9 @@ def to_json(value: Any) -> str:
 async def run_call(reactor: Any, options: usage.Options, out: Any) -> None:
     registry = make_registry(reactor, options)
     client = Client(reactor, registry, timeout=options["timeout"],
-                    serializer=options["serializer"], token=read_token(options))
+                    serializer=options["serializer"],
+                    token=client_token(options["token-file"]),
+                    tls=TLSFiles(options["tls-ca"], options["tls-cert"], options["tls-key"]))
     try:
         result = await client.invoke(options["service"], options["method"], options["args"],
                                      options["kwargs"])

@@ -33,6 +33,7 @@ from msrpc.protocol import ProtocolSettings, RpcProtocol
 from msrpc.registry.interface import IRegistry
 from msrpc.resolver import Resolver, ServiceView
 from msrpc.sweep import CLIENT_KEEPALIVE, KeepaliveSettings, Sweeper
+from msrpc.tls import TLSFiles, client_creator
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class Client:
                  retry: RetryPolicy = RetryPolicy(),
                  idempotent: Iterable[str] = (),
                  token: Optional[str] = None,
-                 tls: Optional[Callable[[str], Any]] = None,
+                 tls: Optional[TLSFiles] = None,
                  connector: Optional[Connector] = None,
                  keepalive: KeepaliveSettings = CLIENT_KEEPALIVE,
                  pool: PoolSettings = PoolSettings(),
@@ -190,9 +191,12 @@ class Client:
         self.settings = settings
         self._balancers = balancer
         self._sweeper = Sweeper(reactor, keepalive)
+        self.tls = tls if tls is not None and tls.enabled else None
         if connector is None:
-            connector = tcp_connector(reactor, pool.connect_timeout, tls)
-        self._pool = Pool(reactor, settings, self._sweeper, pool, connector)
+            creator = client_creator(self.tls) if self.tls is not None else None
+            connector = tcp_connector(reactor, pool.connect_timeout, creator)
+        self._pool = Pool(reactor, settings, self._sweeper, pool, connector,
+                          tls=self.tls is not None)
         self._multi_connection = pool.connections_per_endpoint > 1
         self._seconds = reactor.seconds
         self._resolver = Resolver(registry, self._pool, self._balancer_for)

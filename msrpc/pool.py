@@ -47,7 +47,7 @@ class Endpoint:
 
     __slots__ = ("pool", "key", "host", "port", "protocols", "protocol", "_connecting",
                  "failures", "retry_at", "references", "closing", "ejected_until",
-                 "ejections", "strikes", "probation")
+                 "ejections", "strikes", "probation", "tls_required")
 
     def __init__(self, pool: "Pool", host: str, port: int) -> None:
         self.pool = pool
@@ -67,6 +67,8 @@ class Endpoint:
         self.ejections = 0
         self.strikes = 0
         self.probation = False
+        #: The instance advertises TLS (metadata tls=1): never talk to it in clear.
+        self.tls_required = False
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.host}:{self.port} conns={len(self.protocols)}>"
@@ -102,6 +104,10 @@ class Endpoint:
         return self._open()
 
     def _open(self) -> "Deferred[RpcProtocol]":
+        if self.tls_required and not self.pool.tls:
+            return defer.fail(ConnectError(
+                f"{self.address} requires TLS; configure the client with a CA "
+                "(Client(tls=TLSFiles(ca=...)), --tls-ca)"))
         now = self.pool.clock.seconds()
         if self.retry_at > now:
             return defer.fail(ConnectError(
@@ -150,7 +156,7 @@ class Endpoint:
 
     def close(self) -> None:
         for protocol in list(self.protocols):
-            protocol.transport.loseConnection()
+            protocol.close(self.pool.clock)
 
 
 #: How a pool opens a connection: (host, port, protocol) → Deferred firing with the
@@ -175,21 +181,24 @@ class Pool:
 
     def __init__(self, reactor: Any, settings: ProtocolSettings, sweeper: Sweeper,
                  pool_settings: PoolSettings = PoolSettings(),
-                 connector: Optional[Connector] = None) -> None:
+                 connector: Optional[Connector] = None, tls: bool = False) -> None:
         self.reactor = reactor
         self.clock = reactor
         self.protocol_settings = settings
         self.sweeper = sweeper
         self.settings = pool_settings
         self.connector = connector or tcp_connector(reactor, pool_settings.connect_timeout)
+        #: Whether our connections speak TLS (an instance that requires it needs this).
+        self.tls = tls
         self.endpoints: dict[Key, Endpoint] = {}
 
-    def acquire(self, host: str, port: int) -> Endpoint:
+    def acquire(self, host: str, port: int, tls_required: bool = False) -> Endpoint:
         """The endpoint for an address a service lists (shared between services)."""
         key = (host, port)
         endpoint = self.endpoints.get(key)
         if endpoint is None:
             endpoint = self.endpoints[key] = Endpoint(self, host, port)
+        endpoint.tls_required = tls_required
         endpoint.closing = False
         endpoint.references += 1
         return endpoint
@@ -240,6 +249,6 @@ class Pool:
 
                 protocol.on_lost = fire
                 waits.append(lost)
-                protocol.transport.loseConnection()
+                protocol.close(self.clock)
         self.endpoints.clear()
         return defer.gatherResults(waits).addCallback(lambda _: None)

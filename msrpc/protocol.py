@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -78,7 +78,7 @@ class Dispatcher(TypingProtocol):
     def connection_lost(self, protocol: "RpcProtocol") -> None: ...
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class RpcProtocol(Protocol):
     log = Logger()
 
@@ -106,6 +106,8 @@ class RpcProtocol(Protocol):
         #: Called once with this protocol when the connection is gone.
         self.on_lost: Optional[Callable[["RpcProtocol"], None]] = None
         self._paused = False
+        self._handshaking = False
+        self._abort_timer: Any = None
 
     # ------------------------------------------------------------------ connection events
 
@@ -115,14 +117,21 @@ class RpcProtocol(Protocol):
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}".rstrip(":")
         # Back-pressure: when our replies pile up unread, the transport pauses us and we
-        # stop reading from that peer until it drains (memory stays bounded).
-        self.transport.registerProducer(self, True)
+        # stop reading from that peer until it drains (memory stays bounded).  Over TLS
+        # only once the handshake is done: until then the TLS layer buffers our first
+        # writes and asks us to pause, and to stop reading then would stall the handshake.
+        if ISSLTransport.providedBy(self.transport):
+            self._handshaking = True
+        else:
+            self.transport.registerProducer(self, True)
         if self.sweeper is not None:
             self.sweeper.add(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.connected = False
         self._write = _not_connected
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
         if self.sweeper is not None:
             self.sweeper.remove(self)
         pending, self._pending = self._pending, {}
@@ -161,6 +170,22 @@ class RpcProtocol(Protocol):
         """Drop the connection at once (the stream can no longer be trusted)."""
         if self.transport is not None:
             self.transport.abortConnection()
+
+    def close(self, clock: Any, grace: float = 2.0) -> None:
+        """
+        Close after what is written has been sent; abort if the peer has not let go within
+        ``grace`` seconds (a dead host, or a TLS peer that never answers close_notify).
+        """
+        if not self.connected or self._abort_timer is not None:
+            return
+        self.transport.loseConnection()
+        self._abort_timer = clock.callLater(grace, self.abort)
+
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: TLS is up, back-pressure may pause reading from now on."""
+        self._handshaking = False
+        if self.connected:
+            self.transport.registerProducer(self, True)
 
     # ------------------------------------------------------------------ IPushProducer
 

@@ -71,7 +71,8 @@ class ServiceView:
                 continue
             member = old.pop(((instance.host, instance.port), instance), None)
             if member is None:
-                member = Member(instance, self.pool.acquire(instance.host, instance.port))
+                member = Member(instance, self.pool.acquire(
+                    instance.host, instance.port, instance.metadata.get("tls") == "1"))
             members.append(member)
         for gone in old.values():
             self.pool.release(gone.endpoint)

@@ -6,12 +6,14 @@ and shuts down gracefully.
 
 from __future__ import annotations
 
+import hmac
 import json
 import socket
 import types
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
+import msgpack
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -19,13 +21,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-import msgpack
-
 from msrpc import compress
-from msrpc.wire import Serializer
-
 from msrpc.deadline import Deadlines
 from msrpc.errors import DecodeError, RpcError
 from msrpc.limits import TokenBucket
@@ -34,6 +33,8 @@ from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import IRegistration, IRegistry
 from msrpc.service import Method, methods_of
 from msrpc.sweep import SERVER_KEEPALIVE, KeepaliveSettings, Sweeper
+from msrpc.tls import TLSFiles, server_options
+from msrpc.wire import Serializer
 
 log = Logger()
 
@@ -109,6 +110,7 @@ class Dispatcher:
         self.limiter: Optional[TokenBucket] = (
             TokenBucket(limits.rate, limits.burst, clock.seconds()) if limits.rate else None)
         self.tokens: frozenset[str] = frozenset(tokens or ())
+        self._token_bytes = [t.encode("utf-8") for t in self.tokens]
         self._seconds = clock.seconds
         self._max_in_flight = limits.max_in_flight or float("inf")
         self._max_per_connection = limits.max_in_flight_per_connection or float("inf")
@@ -227,7 +229,12 @@ class Dispatcher:
             meta = read_meta(ser, body)
         except Exception:
             return False  # undecodable: the caller is not authenticated either way
-        return meta.__class__ is dict and meta.get("token") in self.tokens
+        token = meta.get("token") if meta.__class__ is dict else None
+        if not isinstance(token, str):
+            return False
+        given = token.encode("utf-8", "replace")
+        # Compare against every accepted token, in constant time per token.
+        return any([hmac.compare_digest(given, accepted) for accepted in self._token_bytes])
 
     def _not_found(self, service: Any, name: Any) -> str:
         if service not in self.services:
@@ -317,6 +324,25 @@ class Dispatcher:
         return d
 
 
+class _Refusing:
+    """
+    The dispatcher of a connection over the server's limit: every request is answered with
+    503 (safe to retry elsewhere: nothing ran) and the connection is closed.  Hanging up at
+    once would look like a lost connection, which a client may not retry.
+    """
+
+    def request_received(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
+                         body: bytes) -> None:
+        protocol.reply(rid, ser, 503, msg="server has too many connections")
+        protocol.transport.loseConnection()
+
+    def cancel_received(self, protocol: RpcProtocol, rid: int) -> None:
+        pass
+
+    def connection_lost(self, protocol: RpcProtocol) -> None:
+        pass
+
+
 class RpcServerFactory(Factory):
     """Builds server-side protocols and keeps track of them for draining and limits."""
 
@@ -342,15 +368,17 @@ class RpcServerFactory(Factory):
         d: Deferred[None] = Deferred()
         self._closed_waiters.append(d)
         for protocol in list(self.connections):
-            protocol.transport.loseConnection()
+            protocol.close(self.sweeper.clock)
         return d
 
     def buildProtocol(self, addr: Any) -> Optional[RpcProtocol]:
         limit = self.dispatcher.limits.max_connections
         if limit and len(self.connections) >= limit:
-            log.warn("refusing connection from {addr}: {limit} connections already",
+            log.warn("refusing calls from {addr}: {limit} connections already",
                      addr=addr, limit=limit)
-            return None
+            refusing = RpcProtocol(self.settings, _Refusing(), self.sweeper)
+            refusing.factory = self
+            return refusing
         protocol = RpcProtocol(self.settings, self.dispatcher, self.sweeper)
         protocol.factory = self
         protocol.on_lost = self._lost
@@ -388,7 +416,7 @@ class Server(Service):
                  keepalive: KeepaliveSettings = SERVER_KEEPALIVE,
                  tokens: Optional[Iterable[str]] = None,
                  grace: float = 2.0, drain_timeout: float = 10.0,
-                 check_types: bool = True) -> None:
+                 check_types: bool = True, tls: Optional[TLSFiles] = None) -> None:
         self.reactor = reactor
         self.listen = listen
         self.registry = registry
@@ -398,6 +426,9 @@ class Server(Service):
         self.grace = grace
         self.drain_timeout = drain_timeout
         self.check_types = check_types
+        self.tls = tls if tls is not None and tls.enabled else None
+        if self.tls is not None or listen.startswith("ssl:"):
+            self.metadata.setdefault("tls", "1")  # clients must not talk to us in clear
         self.dispatcher = Dispatcher(reactor, limits, tokens)
         self.settings = settings or ProtocolSettings()
         self.sweeper = Sweeper(reactor, keepalive)
@@ -445,7 +476,10 @@ class Server(Service):
 
     async def _start(self) -> Any:
         endpoint = serverFromString(self.reactor, self.listen)
-        self.port = await endpoint.listen(self.factory)
+        factory: Any = self.factory
+        if self.tls is not None:
+            factory = TLSMemoryBIOFactory(server_options(self.tls), False, factory)
+        self.port = await endpoint.listen(factory)
         address = self.port.getHost()
         self.log.info("msrpc serving {services} on {address}",
                       services=", ".join(sorted(self.dispatcher.services)), address=address)

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import usage
 
 from msrpc import compress
+from msrpc.auth import accepted_tokens, client_token
 from msrpc.client import Client
 from msrpc.codec import Limits, make_codecs
 from msrpc.limits import parse_rate
@@ -24,6 +25,7 @@ from msrpc.protocol import ProtocolSettings
 from msrpc.registry.options import make_registry, registry_parameters
 from msrpc.server import Server, ServerLimits
 from msrpc.sweep import KeepaliveSettings
+from msrpc.tls import TLSFiles
 from msrpc.wire import DEFAULT_MAX_FRAME
 
 
@@ -93,6 +95,16 @@ class ServerOptions(usage.Options):
         ["compression", None, "none", "Compress large replies: none, gzip, zstd."],
         ["timeout", None, 10.0, "Default call timeout of the shared client, seconds.",
          float],
+        ["tls-cert", None, None, "Serve over TLS with this certificate (PEM; may hold the key)."],
+        ["tls-key", None, None, "Key of --tls-cert (PEM)."],
+        ["tls-client-ca", None, None, "Require client certificates signed by this CA "
+                                      "(mutual TLS)."],
+        ["tokens-file", None, None, "Accepted auth tokens, one per line (or set "
+                                    "MSRPC_TOKENS=a,b); calls without one get 401."],
+        ["call-token-file", None, None, "Token the shared client sends (or MSRPC_TOKEN)."],
+        ["call-tls-ca", None, None, "The shared client calls over TLS, verifying with this CA."],
+        ["call-tls-cert", None, None, "Client certificate of the shared client (PEM)."],
+        ["call-tls-key", None, None, "Key of --call-tls-cert (PEM)."],
     ] + registry_parameters()
 
     def __init__(self) -> None:
@@ -128,6 +140,15 @@ class ServerOptions(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     def postOptions(self) -> None:
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["tls-client-ca"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-client-ca (mutual TLS) needs --tls-cert")
+        try:
+            self["tokens"] = accepted_tokens(self["tokens-file"])
+            self["call-token"] = client_token(self["call-token-file"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if self["rate"]:
             try:
                 self["rate"] = parse_rate(self["rate"])
@@ -170,7 +191,9 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
         reactor = default_reactor
     top = MultiService()
     registry = make_registry(reactor, options)
-    client = Client(reactor, registry, timeout=options["timeout"])
+    client = Client(reactor, registry, timeout=options["timeout"], token=options["call-token"],
+                    tls=TLSFiles(options["call-tls-ca"], options["call-tls-cert"],
+                                 options["call-tls-key"]))
     rate = options["rate"] or (0.0, None)
     limits = ServerLimits(max_in_flight=options["max-in-flight"],
                           max_in_flight_per_connection=options["max-in-flight-per-connection"],
@@ -182,7 +205,10 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
                     limits=limits,
                     keepalive=KeepaliveSettings(idle_timeout=options["idle-timeout"],
                                                 frame_timeout=options["frame-timeout"]),
-                    grace=options["grace"], drain_timeout=options["drain-timeout"])
+                    grace=options["grace"], drain_timeout=options["drain-timeout"],
+                    tokens=options["tokens"],
+                    tls=TLSFiles(options["tls-client-ca"], options["tls-cert"],
+                                 options["tls-key"]))
     services = options["services"]
     if not services:
         from msrpc.demo import default_services

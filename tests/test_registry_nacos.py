@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import shutil
 import tempfile
 from typing import Any
@@ -25,7 +26,7 @@ from msrpc.registry.interface import IRegistration, IRegistry, IWatch
 from msrpc.registry.nacos import NacosRegistry, from_options, nacos_message, read_password
 from msrpc.registry.options import BACKENDS, backend_module
 from tests.nacos_fake import FakeNacos, Network
-from tests.tls_ca import TestCA
+from tests.servers.tls import make_pki
 
 A, B, C = "10.0.0.1:8848", "10.0.0.2:8848", "10.0.0.3:8848"
 
@@ -561,7 +562,7 @@ class OptionsTests(unittest.TestCase):
         self.assertNotIn("s3cret", repr(registry))
 
     def test_tls_options_make_https_the_default_scheme(self) -> None:
-        ca = _write(self.mktemp_dir(), "ca.pem", TestCA("nacos test CA").pem)
+        ca = str(make_pki(Path(self.mktemp_dir())).ca)
         registry = from_options(MemoryReactor(), self.options(nacos="h1:8848", nacos_ca=ca))
         self.assertEqual(registry.endpoints.urls, ["https://h1:8848/nacos"])
 

@@ -5,46 +5,35 @@ throw-away CA, a server certificate for 127.0.0.1 and a client certificate (mutu
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor, ssl
+from twisted.internet import reactor
 from twisted.trial import unittest
 from twisted.web.server import Site
 
 from msrpc.errors import RegistryUnavailable
-from msrpc.registry.http import TLSFiles
+from msrpc.tls import TLSFiles, server_options
 from msrpc.registry.nacos import NacosRegistry
 from tests.nacos_fake import FakeNacos
-from tests.tls_ca import TestCA
+from tests.servers.tls import make_pki
 
 
 class NacosOverTLSTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="msrpc-tls-")
+        self.dir = Path(tempfile.mkdtemp(prefix="msrpc-tls-"))
         self.addCleanup(shutil.rmtree, self.dir, True)
-        self.ca = TestCA("msrpc test CA")
+        self.pki = make_pki(self.dir)
         self.fake = FakeNacos()
-        server_cert, server_key = self.ca.issue("nacos", ip="127.0.0.1")
-        client_cert, client_key = self.ca.issue("msrpc-client")
-        self.ca_file = self.write("ca.pem", self.ca.pem)
-        self.client_cert = self.write("client.pem", client_cert)
-        self.client_key = self.write("client.key", client_key)
-        server = ssl.PrivateCertificate.loadPEM(server_cert + server_key)
-        options = ssl.CertificateOptions(
-            privateKey=server.privateKey.original, certificate=server.original,
-            verify=True, requireCertificate=True,
-            caCerts=[ssl.Certificate.loadPEM(self.ca.pem).original])
+        self.ca_file = str(self.pki.ca)
+        self.client_cert = str(self.pki.client_cert)
+        self.client_key = str(self.pki.client_key)
+        options = server_options(TLSFiles(ca=self.ca_file, cert=str(self.pki.server_cert),
+                                          key=str(self.pki.server_key)))
         self.port = reactor.listenSSL(0, Site(self.fake), options, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
-
-    def write(self, name: str, data: bytes) -> str:
-        path = os.path.join(self.dir, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
 
     def registry(self, tls: TLSFiles) -> NacosRegistry:
         registry = NacosRegistry(reactor, f"127.0.0.1:{self.port.getHost().port}", tls=tls,
@@ -63,8 +52,8 @@ class NacosOverTLSTests(unittest.TestCase):
         return d.addCallback(check)
 
     def test_server_certificate_from_another_ca_is_refused(self) -> None:
-        other = self.write("other-ca.pem", TestCA("someone else").pem)
-        tls = TLSFiles(ca=other, cert=self.client_cert, key=self.client_key)
+        other = make_pki(self.dir / "other").ca
+        tls = TLSFiles(ca=str(other), cert=self.client_cert, key=self.client_key)
         d = self.registry(tls).lookup("arith")
         d = self.assertFailure(d, RegistryUnavailable)
         return d.addCallback(lambda _: self.assertEqual(self.fake.requests, []))

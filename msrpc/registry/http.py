@@ -5,7 +5,6 @@ a treq client with optional TLS, a list of endpoints with failover, and request 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Sequence, TypeVar
 
 from treq.client import HTTPClient
@@ -17,6 +16,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from msrpc.errors import RegistryUnavailable
+from msrpc.tls import TLSFiles, client_creator
 
 T = TypeVar("T")
 
@@ -41,45 +41,15 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, CONNECTION_ERRORS)
 
 
-@dataclass(frozen=True)
-class TLSFiles:
-    """PEM files for https registry endpoints: a CA to trust and an optional client cert."""
-
-    ca: Optional[str] = None
-    cert: Optional[str] = None
-    key: Optional[str] = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.ca or self.cert)
-
-
 @implementer(IPolicyForHTTPS)
 class _TLSPolicy:
     """Verify the server against our CA (or the system's) and present a client cert if given."""
 
     def __init__(self, files: TLSFiles) -> None:
-        from twisted.internet import ssl
-
-        self._trust = None
-        self._client_cert = None
-        if files.ca:
-            with open(files.ca, "rb") as f:
-                self._trust = ssl.Certificate.loadPEM(f.read())
-        if files.cert:
-            with open(files.cert, "rb") as f:
-                cert_pem = f.read()
-            key_pem = cert_pem
-            if files.key:
-                with open(files.key, "rb") as f:
-                    key_pem = f.read()
-            self._client_cert = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+        self._creator = client_creator(files)
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        from twisted.internet import ssl
-
-        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
-                                       clientCertificate=self._client_cert)
+        return self._creator(hostname.decode("ascii"))
 
 
 class _QuietHTTP11ClientFactory(webClient._HTTP11ClientFactory):  # type: ignore[misc]

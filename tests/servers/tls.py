@@ -51,6 +51,7 @@ def _issue(ca_key: ec.EllipticCurvePrivateKey, issuer: x509.Name, subject: str,
 
 def make_pki(directory: Path) -> PKI:
     """Write ca.pem, server.pem/-key.pem (127.0.0.1, localhost), client.pem/-key.pem."""
+    directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("msrpc test CA")
     now = datetime.datetime.now(datetime.timezone.utc)
