@@ -112,6 +112,8 @@ class FakeNacos(Resource):
             return self._beat(request, args)
         if route == ("GET", "/v1/ns/instance/list"):
             return self._list(request, args)
+        if route == ("GET", "/v1/ns/service/list"):
+            return self._services(request, args)
         return self._spring_error(request, 501, f"no such api:{route[0]}:{path}", path)
 
     def _answer(self, request: Request, status: int, body: bytes,
@@ -174,6 +176,15 @@ class FakeNacos(Resource):
         return json.dumps({"clientBeatInterval": interval,
                            "code": 10200 if known else 20404,
                            "lightBeatEnabled": True}).encode()
+
+    def _services(self, request: Request, args: dict[str, str]) -> bytes:
+        """Nacos's paged service list: {"count": total, "doms": [names on this page]}."""
+        names = sorted({s for (ns, g, s, _, _, _) in self.instances
+                        if ns == args.get("namespaceId", "public")
+                        and g == args.get("groupName", "DEFAULT_GROUP")})
+        size, page = int(args.get("pageSize", 10)), int(args.get("pageNo", 1))
+        return self._json(request, {"count": len(names),
+                                    "doms": names[(page - 1) * size:page * size]})
 
     def _list(self, request: Request, args: dict[str, str]) -> bytes:
         group = args.get("groupName", "DEFAULT_GROUP")

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from msrpc.errors import RegistryAuthError, RegistryError, RegistryUnavailable
-from msrpc.registry import IRegistration, IRegistry, IWatch, ServiceInstance
+from msrpc.registry import IRegistration, IRegistry, IServiceCatalog, IWatch, ServiceInstance
 from msrpc.registry.etcd import EtcdRegistry, OPTIONS, from_options
 from msrpc.registry.etcd_api import LineStream, prefix_end
 from msrpc.registry import etcd as etcd_module
@@ -414,6 +414,13 @@ class LookupTests(EtcdCase):
     def test_lookup_outside_granted_prefix_is_auth_error(self) -> None:
         self.fake.allowed_prefix = b"/other/"
         self.failureResultOf(self.registry.lookup("arith"), RegistryAuthError)
+
+    def test_services_lists_service_names_under_the_prefix(self) -> None:
+        self.register()
+        self.register(ServiceInstance(service="echo", host="h", port=1))
+        self.register(ServiceInstance(service="echo", host="h", port=2))
+        self.assertEqual(self.successResultOf(self.registry.services()), ["arith", "echo"])
+        self.assertTrue(verifyObject(IServiceCatalog, self.registry))
 
     def test_lookup_keeps_weight_zero_and_disabled_instances(self) -> None:
         drained = ARITH.with_changes(weight=0, enabled=False)

@@ -22,7 +22,7 @@ from zope.interface.verify import verifyObject
 from msrpc.errors import RegistryAuthError, RegistryError, RegistryUnavailable
 from msrpc.registry import nacos
 from msrpc.registry.instance import ServiceInstance
-from msrpc.registry.interface import IRegistration, IRegistry, IWatch
+from msrpc.registry.interface import IRegistration, IRegistry, IServiceCatalog, IWatch
 from msrpc.registry.nacos import NacosRegistry, from_options, nacos_message, read_password
 from msrpc.registry.options import BACKENDS, backend_module
 from tests.nacos_fake import FakeNacos, Network
@@ -264,6 +264,17 @@ class LookupTests(NacosTestCase):
 
     def test_lookup_of_unknown_service_is_empty(self) -> None:
         self.assertEqual(self.successResultOf(self.registry().lookup("nobody")), [])
+
+
+class CatalogTests(NacosTestCase):
+    def test_services_lists_every_page_of_our_group(self) -> None:
+        registry = self.registry(group="g1")
+        for i in range(3):
+            self.register(registry, ServiceInstance(f"svc{i}", "127.0.0.1", 9001))
+        self.register(self.registry(group="other"),
+                      ServiceInstance("elsewhere", "127.0.0.1", 9001))
+        self.assertEqual(self.successResultOf(registry.services()), ["svc0", "svc1", "svc2"])
+        self.assertTrue(verifyObject(IServiceCatalog, registry))
 
 
 class WatchTests(NacosTestCase):

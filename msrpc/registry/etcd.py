@@ -28,7 +28,9 @@ from msrpc.registry.etcd_api import (
     prefix_end, unb64, unwrap)
 from msrpc.registry.http import Endpoints, TLSFiles, make_http_client, make_pool
 from msrpc.registry.instance import ServiceInstance, parse_address
-from msrpc.registry.interface import IRegistration, IRegistry, IWatch, WatchCallback
+from msrpc.registry.interface import (
+    IRegistration, IRegistry, IServiceCatalog, IWatch, WatchCallback,
+)
 from msrpc.registry.polling import snapshot_key
 from msrpc.registry.registration import Registration
 
@@ -330,7 +332,7 @@ class _ServiceWatch:
 # --------------------------------------------------------------------------- the registry
 
 
-@implementer(IRegistry)
+@implementer(IRegistry, IServiceCatalog)
 class EtcdRegistry:
     """``IRegistry`` on an etcd cluster (3.4+), through its v3 JSON gateway."""
 
@@ -422,6 +424,18 @@ class EtcdRegistry:
             return _sorted(kvs.values())
 
         return defer.Deferred.fromCoroutine(lookup())
+
+    def services(self) -> "defer.Deferred[list[str]]":
+        """Services with an instance under our prefix (keys only: values stay unread)."""
+        async def services() -> list[str]:
+            prefix = f"{self.prefix}/".encode()
+            answer = await self.gateway.call("/v3/kv/range", {
+                "key": b64(prefix), "range_end": b64(prefix_end(prefix)), "keys_only": True})
+            names = {unb64(kv["key"])[len(prefix):].split(b"/", 1)[0].decode("utf-8", "replace")
+                     for kv in answer.get("kvs", [])}
+            return sorted(name for name in names if name)
+
+        return defer.Deferred.fromCoroutine(services())
 
     def watch(self, service: str, callback: WatchCallback) -> IWatch:
         self._check_open()

@@ -56,3 +56,10 @@ class IRegistry(Interface):
 
     def close() -> "Deferred[None]":
         """Deregister everything this registry registered, stop all watches and timers."""
+
+
+class IServiceCatalog(Interface):
+    """Optional: a registry that can list the services it knows (``msrpc ls``)."""
+
+    def services() -> "Deferred[list[str]]":
+        """Names of the services with at least one registered instance, sorted."""

@@ -43,7 +43,9 @@ from zope.interface import implementer
 from msrpc.errors import RegistryAuthError, RegistryError
 from msrpc.registry.http import Endpoints, TLSFiles, make_http_client, make_pool, with_timeout
 from msrpc.registry.instance import ServiceInstance
-from msrpc.registry.interface import IRegistration, IRegistry, IWatch, WatchCallback
+from msrpc.registry.interface import (
+    IRegistration, IRegistry, IServiceCatalog, IWatch, WatchCallback,
+)
 from msrpc.registry.polling import PollingWatch
 from msrpc.registry.registration import Registration
 
@@ -192,7 +194,7 @@ def first_beat_interval(instance: ServiceInstance) -> float:
     return millis / 1000.0 if 0 < millis < math.inf else DEFAULT_BEAT_INTERVAL
 
 
-@implementer(IRegistry)
+@implementer(IRegistry, IServiceCatalog)
 class NacosRegistry:
     """
     ``IRegistry`` on one Nacos cluster.  ``reactor`` makes the HTTP client unless ``http``
@@ -248,6 +250,24 @@ class NacosRegistry:
                ) -> "Deferred[list[ServiceInstance]]":
         """Healthy, enabled instances of ``service`` (in ``clusters`` only, if given)."""
         return Deferred.fromCoroutine(self._lookup(service, clusters))
+
+    def services(self) -> "Deferred[list[str]]":
+        """The services of our namespace and group (Nacos's service list, paged)."""
+        async def services() -> list[str]:
+            names: list[str] = []
+            page = 1
+            while True:
+                what = "service list"
+                data = _json(await self._call("GET", self.api.service_list, {
+                    "pageNo": str(page), "pageSize": "500", "groupName": self.group,
+                    "namespaceId": self.namespace}, what), what)
+                batch = data.get("doms") or []
+                names.extend(str(n) for n in batch)
+                if not batch or len(names) >= int(data.get("count") or 0):
+                    return sorted(set(names))
+                page += 1
+
+        return Deferred.fromCoroutine(services())
 
     def watch(self, service: str, callback: WatchCallback) -> IWatch:
         watch = PollingWatch(self.clock, self.lookup, service, callback, self.refresh)

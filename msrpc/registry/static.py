@@ -13,11 +13,13 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from msrpc.registry.instance import ServiceInstance, parse_address
-from msrpc.registry.interface import IRegistration, IRegistry, IWatch, WatchCallback
+from msrpc.registry.interface import (
+    IRegistration, IRegistry, IServiceCatalog, IWatch, WatchCallback,
+)
 from msrpc.registry.registration import CallbackWatch, Registration
 
 
-@implementer(IRegistry)
+@implementer(IRegistry, IServiceCatalog)
 class StaticRegistry:
     name = "static"
 
@@ -46,6 +48,9 @@ class StaticRegistry:
 
     def lookup(self, service: str) -> "Deferred[list[ServiceInstance]]":
         return succeed(list(self._instances.get(service, [])))
+
+    def services(self) -> "Deferred[list[str]]":
+        return succeed(sorted(name for name, listed in self._instances.items() if listed))
 
     def watch(self, service: str, callback: WatchCallback) -> IWatch:
         callbacks = self._watchers.setdefault(service, [])
