@@ -1,0 +1,92 @@
+"""``twistd msrpc`` options and the service tree it builds."""
+
+from __future__ import annotations
+
+from twisted.application.service import IService, IServiceCollection
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+
+from msrpc import tap
+from msrpc.demo import Arith, Echo
+from msrpc.registry.static import StaticRegistry
+
+
+class NeedsClient:
+    """A service that calls other services: it is handed the shared client."""
+
+    def __init__(self, client, reactor) -> None:  # type: ignore[no-untyped-def]
+        self.client = client
+        self.reactor = reactor
+
+    def relay(self, value: int) -> int:
+        return value
+
+
+def parse(*argv: str) -> tap.ServerOptions:
+    options = tap.ServerOptions()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionTests(TestCase):
+    def test_defaults(self) -> None:
+        options = parse()
+        self.assertEqual(options["listen"], "tcp:9112")
+        self.assertEqual(options["registry"], "local")
+        self.assertEqual(options["services"], [])
+
+    def test_services_and_metadata_repeat(self) -> None:
+        options = parse("--service", "a=msrpc.demo:Echo", "-s", "b=msrpc.demo:Arith",
+                        "--metadata", "zone=a", "--metadata", "tier=gold")
+        self.assertEqual(options["services"], [("a", "msrpc.demo:Echo"),
+                                               ("b", "msrpc.demo:Arith")])
+        self.assertEqual(options["metadata"], {"zone": "a", "tier": "gold"})
+
+    def test_malformed_values_are_usage_errors(self) -> None:
+        for argv in (["--service", "noequals"], ["--metadata", "x"], ["--rate", "fast"],
+                     ["--method-rate", "noservice=5"], ["--compression", "lz4"]):
+            self.assertRaises(usage.UsageError, parse, *argv)
+
+    def test_rate_parses_rate_and_burst(self) -> None:
+        self.assertEqual(parse("--rate", "500/50")["rate"], (500.0, 50.0))
+
+
+class ServiceTreeTests(TestCase):
+    def make(self, *argv: str) -> IServiceCollection:
+        options = parse("--registry", "static", "--listen", "tcp:0", *argv)
+        return tap.makeService(options, MemoryReactorClock())
+
+    def test_demo_services_are_served_by_default(self) -> None:
+        top = self.make()
+        self.assertEqual(sorted(top.server.dispatcher.services), ["arith", "echo"])
+        self.assertIsInstance(top.server.dispatcher.services["echo"], Echo)
+        self.assertIsInstance(top.server.dispatcher.services["arith"], Arith)
+
+    def test_named_services_get_the_shared_client(self) -> None:
+        top = self.make("--service", f"relay={__name__}:NeedsClient")
+        service = top.server.dispatcher.services["relay"]
+        self.assertIs(service.client, top.client)
+
+    def test_unknown_import_is_a_usage_error(self) -> None:
+        self.assertRaises(usage.UsageError, self.make, "--service", "x=no.such.module:X")
+        self.assertRaises(usage.UsageError, self.make, "--service", "x=msrpc.demo:Nope")
+
+    def test_method_rate_for_unknown_method_is_a_usage_error(self) -> None:
+        self.assertRaises(usage.UsageError, self.make, "--method-rate", "echo.nope=5")
+
+    def test_stop_order_is_server_then_client_then_registry(self) -> None:
+        top = self.make()
+        names = [s.name for s in top]
+        self.assertEqual(names, ["registry", "client", "server"])  # stopped in reverse
+        self.assertTrue(IService.providedBy(top.server))
+        self.assertIsInstance(top.registry, StaticRegistry)
+
+    def test_limits_and_settings_reach_the_server(self) -> None:
+        top = self.make("--max-in-flight", "7", "--max-frame", "4096", "--rate", "10",
+                        "--compression", "gzip", "--weight", "3")
+        server = top.server
+        self.assertEqual(server.dispatcher.limits.max_in_flight, 7)
+        self.assertEqual(server.settings.max_frame, 4096)
+        self.assertIsNotNone(server.dispatcher.limiter)
+        self.assertEqual(server.weight, 3.0)
