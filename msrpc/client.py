@@ -92,7 +92,8 @@ class Call(Deferred):  # type: ignore[type-arg]
     # hot path and are overridden only when they differ.
     timeout = 0.0
     key: Any = None
-    idempotent = False
+    #: True/False when the caller said so; None: ask the servers' published declaration.
+    idempotent: Optional[bool] = None
     attempts = 0
     tried: Optional[set[Endpoint]] = None
     protocol: Optional[RpcProtocol] = None
@@ -255,8 +256,9 @@ class Client:
         call.timeout = timeout
         if key is not None:
             call.key = key
-        if idempotent or (idempotent is None and self.idempotent
-                          and f"{service}.{method}" in self.idempotent):
+        if idempotent is not None:
+            call.idempotent = idempotent
+        elif self.idempotent and f"{service}.{method}" in self.idempotent:
             call.idempotent = True
         self._deadlines.add(call, deadline)
         view = self._views.get(service)
@@ -357,7 +359,7 @@ class Client:
         if endpoint is not None and isinstance(error, (ConnectionLost, CallTimeout)):
             self._health.failure(endpoint, error)
         retryable = getattr(error, "retry_safe", False) or (
-            call.idempotent and isinstance(error, IDEMPOTENT_RETRY))
+            isinstance(error, IDEMPOTENT_RETRY) and self._idempotent(call))
         if retryable and call.attempts < self.retry.max_attempts:
             delay = self.retry.delay(call.attempts)
             if self.reactor.seconds() + delay < call.deadline:
@@ -369,6 +371,13 @@ class Client:
                 call.retry_timer = self.reactor.callLater(delay, self._retry, call)
                 return
         self._finish_error(call, error)
+
+    def _idempotent(self, call: Call) -> bool:
+        if call.idempotent is not None:
+            return call.idempotent
+        view = self._views.get(call.service)
+        return view is not None and any(instance.declares_idempotent(call.method)
+                                        for instance in view.instances)
 
     def _retry(self, call: Call) -> None:
         call.retry_timer = None

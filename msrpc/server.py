@@ -29,7 +29,7 @@ from msrpc.deadline import Deadlines
 from msrpc.errors import DecodeError, RpcError
 from msrpc.limits import TokenBucket
 from msrpc.protocol import ProtocolSettings, RpcProtocol
-from msrpc.registry.instance import ServiceInstance
+from msrpc.registry.instance import IDEMPOTENT_KEY, ServiceInstance
 from msrpc.registry.interface import IRegistration, IRegistry
 from msrpc.service import Method, methods_of
 from msrpc.sweep import SERVER_KEEPALIVE, KeepaliveSettings, Sweeper
@@ -396,6 +396,17 @@ def default_advertise_host(bound_host: str) -> str:
         return "127.0.0.1"
 
 
+def published_metadata(dispatcher: Dispatcher, service: str,
+                       metadata: Mapping[str, str]) -> dict[str, str]:
+    """``metadata`` plus the methods declared idempotent, so that clients know without
+    being told which calls they may retry after a timeout or a lost connection."""
+    idempotent = sorted(method for (name, method), entry in dispatcher.methods.items()
+                        if name == service and entry.idempotent)
+    if not idempotent or IDEMPOTENT_KEY in metadata:
+        return dict(metadata)
+    return {**metadata, IDEMPOTENT_KEY: ",".join(idempotent)}
+
+
 class Server(Service):
     """
     Listens on an endpoint string, serves registered service objects, and publishes them
@@ -459,8 +470,11 @@ class Server(Service):
             host, _, port_text = self.advertise.rpartition(":")
             port = int(port_text)
         return [ServiceInstance(service=name, host=host.strip("[]"), port=port,
-                                weight=self.weight, metadata=self.metadata)
+                                weight=self.weight, metadata=self._metadata_of(name))
                 for name in self.dispatcher.services]
+
+    def _metadata_of(self, service: str) -> dict[str, str]:
+        return published_metadata(self.dispatcher, service, self.metadata)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -18,7 +18,8 @@ from twisted.python import usage
 
 from msrpc import compress
 from msrpc.auth import accepted_tokens, client_token
-from msrpc.client import Client
+from msrpc.balance import make_balancer
+from msrpc.client import Client, RetryPolicy
 from msrpc.codec import Limits, make_codecs
 from msrpc.limits import parse_rate
 from msrpc.protocol import ProtocolSettings
@@ -95,6 +96,9 @@ class ServerOptions(usage.Options):
         ["compression", None, "none", "Compress large replies: none, gzip, zstd."],
         ["timeout", None, 10.0, "Default call timeout of the shared client, seconds.",
          float],
+        ["retries", None, RetryPolicy.max_attempts - 1,
+         "Retries of the shared client on another instance when a call surely did not "
+         "run (or is idempotent).", int],
         ["tls-cert", None, None, "Serve over TLS with this certificate (PEM; may hold the key)."],
         ["tls-key", None, None, "Key of --tls-cert (PEM)."],
         ["tls-client-ca", None, None, "Require client certificates signed by this CA "
@@ -112,6 +116,26 @@ class ServerOptions(usage.Options):
         self["services"] = []
         self["metadata"] = {}
         self["method-rates"] = {}
+        self["balancers"] = {}
+        self["idempotent"] = []
+
+    def opt_balancer(self, spec: str) -> None:
+        """[SERVICE=]NAME  Balancer of the shared client, for all services or one
+        (repeatable): weighted_random (default), round_robin, least_outstanding,
+        consistent_hash."""
+        service, sep, name = spec.rpartition("=")
+        try:
+            make_balancer(name)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self["balancers"][service if sep else "*"] = name
+
+    def opt_idempotent(self, spec: str) -> None:
+        """SERVICE.METHOD  The shared client may retry this method after it possibly ran
+        (repeatable; servers also publish their @expose(idempotent=True) methods)."""
+        if "." not in spec.strip("."):
+            raise usage.UsageError(f"--idempotent wants service.method, got {spec!r}")
+        self["idempotent"].append(spec)
 
     def opt_service(self, spec: str) -> None:
         """NAME=module:Class  Serve a service (repeatable); default: echo and arith demos."""
@@ -149,6 +173,8 @@ class ServerOptions(usage.Options):
             self["call-token"] = client_token(self["call-token-file"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["retries"] < 0:
+            raise usage.UsageError("--retries must be >= 0")
         if self["rate"]:
             try:
                 self["rate"] = parse_rate(self["rate"])
@@ -192,6 +218,9 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
     top = MultiService()
     registry = make_registry(reactor, options)
     client = Client(reactor, registry, timeout=options["timeout"], token=options["call-token"],
+                    balancer=options["balancers"] or "weighted_random",
+                    idempotent=options["idempotent"],
+                    retry=RetryPolicy(max_attempts=options["retries"] + 1),
                     tls=TLSFiles(options["call-tls-ca"], options["call-tls-cert"],
                                  options["call-tls-key"]))
     rate = options["rate"] or (0.0, None)

@@ -28,7 +28,7 @@ from msrpc.client import Client
 from msrpc.protocol import RpcProtocol
 from msrpc.registry.instance import ServiceInstance, parse_address
 from msrpc.registry.static import StaticRegistry
-from msrpc.server import Dispatcher, RpcServerFactory, ServerLimits
+from msrpc.server import Dispatcher, RpcServerFactory, ServerLimits, published_metadata
 from msrpc.protocol import ProtocolSettings
 from msrpc.sweep import SERVER_KEEPALIVE, KeepaliveSettings, Sweeper
 
@@ -91,7 +91,9 @@ class MemoryNetwork:
         self.listen(host, port, factory)
         if register:
             for name in services:
-                self.registry.register(ServiceInstance(name, host, port, weight=weight))
+                self.registry.register(ServiceInstance(
+                    name, host, port, weight=weight,
+                    metadata=published_metadata(dispatcher, name, {})))
         return MemoryServer(self, host, port, dispatcher, factory)
 
     # ------------------------------------------------------------------ clients

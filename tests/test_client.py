@@ -18,6 +18,7 @@ from msrpc.health import EjectionPolicy
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.static import StaticRegistry
 from msrpc.server import ServerLimits
+from msrpc.service import expose
 from msrpc.testing import MemoryNetwork
 
 
@@ -43,6 +44,11 @@ class Counting:
     def slow(self, delay: float) -> "defer.Deferred[str]":
         self.calls += 1
         return deferLater(self.network.clock, delay, lambda: self.name)
+
+    @expose(idempotent=True)
+    def read(self, delay: float) -> "defer.Deferred[str]":
+        """Like ``slow``, but declared safe to run twice by the server."""
+        return self.slow(delay)
 
     def boom(self) -> None:
         raise ZeroDivisionError("divided")
@@ -285,6 +291,27 @@ class RetryTests(TestCase):
         self.net.advance(2.0)
         self.assertEqual(self.successResultOf(safe), "b")
         self.failureResultOf(plain, ConnectionLost)
+
+    def crash_a_during(self, *calls: "defer.Deferred[Any]") -> None:
+        self.net.flush()
+        self.server_a.crash()
+        self.net.advance(2.0)
+
+    def test_methods_the_server_declares_idempotent_are_retried(self) -> None:
+        declared = self.client.invoke("svc", "read", [1.0])  # round robin: on a
+        self.crash_a_during(declared)
+        self.assertEqual(self.successResultOf(declared), "b")
+
+    def test_caller_saying_not_idempotent_overrides_the_server(self) -> None:
+        refused = self.client.invoke("svc", "read", [1.0], idempotent=False)
+        self.crash_a_during(refused)
+        self.failureResultOf(refused, ConnectionLost)
+
+    def test_servers_publish_their_idempotent_methods(self) -> None:
+        [instance, _] = self.successResultOf(self.net.registry.lookup("svc"))
+        self.assertEqual(instance.metadata, {"idempotent": "read"})
+        self.assertTrue(instance.declares_idempotent("read"))
+        self.assertFalse(instance.declares_idempotent("slow"))
 
     def test_retries_are_bounded_by_max_attempts(self) -> None:
         client = self.net.client(retry=RetryPolicy(max_attempts=2),

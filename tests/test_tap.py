@@ -45,7 +45,9 @@ class OptionTests(TestCase):
 
     def test_malformed_values_are_usage_errors(self) -> None:
         for argv in (["--service", "noequals"], ["--metadata", "x"], ["--rate", "fast"],
-                     ["--method-rate", "noservice=5"], ["--compression", "lz4"]):
+                     ["--method-rate", "noservice=5"], ["--compression", "lz4"],
+                     ["--balancer", "fastest"], ["--idempotent", "nodot"],
+                     ["--retries", "-1"]):
             self.assertRaises(usage.UsageError, parse, *argv)
 
     def test_rate_parses_rate_and_burst(self) -> None:
@@ -90,3 +92,12 @@ class ServiceTreeTests(TestCase):
         self.assertEqual(server.settings.max_frame, 4096)
         self.assertIsNotNone(server.dispatcher.limiter)
         self.assertEqual(server.weight, 3.0)
+
+    def test_client_options_reach_the_shared_client(self) -> None:
+        top = self.make("--balancer", "round_robin", "--balancer", "arith=least_outstanding",
+                        "--idempotent", "echo.echo", "--retries", "4", "--timeout", "2.5")
+        client = top.client
+        self.assertEqual(client._balancer_for("echo").name, "round_robin")
+        self.assertEqual(client._balancer_for("arith").name, "least_outstanding")
+        self.assertEqual(client.idempotent, {"echo.echo"})
+        self.assertEqual((client.retry.max_attempts, client.timeout), (5, 2.5))

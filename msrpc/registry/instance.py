@@ -6,6 +6,10 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+#: Metadata key under which a server lists the methods it declares idempotent
+#: (``@expose(idempotent=True)``), comma-separated, so clients may retry them.
+IDEMPOTENT_KEY = "idempotent"
+
 
 @dataclass(frozen=True)
 class ServiceInstance:
@@ -51,6 +55,10 @@ class ServiceInstance:
     def selectable(self) -> bool:
         """Whether a balancer may send calls here (weight 0 or disabled means no)."""
         return self.enabled and self.healthy and self.weight > 0
+
+    def declares_idempotent(self, method: str) -> bool:
+        """Whether the server behind this instance says ``method`` is safe to run twice."""
+        return method in self.metadata.get(IDEMPOTENT_KEY, "").split(",")
 
     def with_changes(self, **changes: Any) -> "ServiceInstance":
         return replace(self, **changes)
