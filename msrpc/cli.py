@@ -5,6 +5,7 @@ options as ``twistd msrpc``, so no address is ever typed.
     msrpc call arith.add 1 2            → 3
     msrpc call echo.echo '{"a": [1, 2]}'
     msrpc ls arith
+    msrpc bench echo.echo '{"a": 1}' --concurrency 64 --duration 5
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from twisted.internet import defer, task
 from twisted.python import usage
@@ -21,6 +22,7 @@ from msrpc.auth import client_token
 from msrpc.client import Client
 from msrpc.codec import JsonCodec
 from msrpc.errors import MsrpcError
+from msrpc.loadgen import closed_loop
 from msrpc.registry.options import make_registry, registry_parameters
 from msrpc.tls import TLSFiles
 
@@ -46,7 +48,7 @@ class CallOptions(usage.Options):
         ["tls-key", None, None, "Key of the client certificate (PEM)."],
     ] + registry_parameters()
 
-    def parseArgs(self, target: str, *args: str) -> None:
+    def parseArgs(self, target: str, *args: str) -> None:  # type: ignore[override]
         service, sep, method = target.rpartition(".")
         if not sep or not service or not method:
             raise usage.UsageError(f"expected SERVICE.METHOD, got {target!r}")
@@ -66,6 +68,20 @@ class CallOptions(usage.Options):
             self["kwargs"] = {}
 
 
+class BenchOptions(CallOptions):
+    synopsis = "SERVICE.METHOD [ARG ...]  (calls it in a closed loop; prints calls/s, latency)"
+    optParameters = [
+        ["concurrency", "c", 16, "Calls in flight.", int],
+        ["duration", "d", 5.0, "Seconds to run.", float],
+        ["calls", "n", 0, "Stop after this many calls (0: run for --duration).", int],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["concurrency"] < 1 or self["duration"] <= 0 or self["calls"] < 0:
+            raise usage.UsageError("--concurrency must be >= 1, --duration > 0, --calls >= 0")
+
+
 class LsOptions(usage.Options):
     synopsis = "SERVICE [SERVICE ...]"
     optParameters = registry_parameters()
@@ -80,11 +96,13 @@ class MainOptions(usage.Options):
         ["call", None, CallOptions, "Call SERVICE.METHOD with JSON arguments; print JSON."],
         ["ls", None, LsOptions, "List the live instances of services (all, if the "
                                 "registry can list them)."],
+        ["bench", None, BenchOptions, "Load a live service: calls/s and latency "
+                                      "percentiles as its callers see them."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("choose a command: call or ls")
+            raise usage.UsageError("choose a command: call, ls or bench")
 
 
 def to_json(value: Any) -> str:
@@ -92,19 +110,41 @@ def to_json(value: Any) -> str:
     return json.dumps(json.loads(JsonCodec().encode(value)), ensure_ascii=False)
 
 
-async def run_call(reactor: Any, options: usage.Options, out: Any) -> None:
+async def with_client(reactor: Any, options: usage.Options,
+                      use: Callable[[Client], Awaitable[None]]) -> None:
+    """Build the registry and client the options describe, use them, close them."""
     registry = make_registry(reactor, options)
     client = Client(reactor, registry, timeout=options["timeout"],
                     serializer=options["serializer"],
                     token=client_token(options["token-file"]),
                     tls=TLSFiles(options["tls-ca"], options["tls-cert"], options["tls-key"]))
     try:
-        result = await client.invoke(options["service"], options["method"], options["args"],
-                                     options["kwargs"])
-        out.write(to_json(result) + "\n")
+        await use(client)
     finally:
         await client.close()
         await registry.close()
+
+
+async def run_call(reactor: Any, options: usage.Options, out: Any) -> None:
+    async def call(client: Client) -> None:
+        result = await client.invoke(options["service"], options["method"], options["args"],
+                                     options["kwargs"])
+        out.write(to_json(result) + "\n")
+
+    await with_client(reactor, options, call)
+
+
+async def run_bench(reactor: Any, options: usage.Options, out: Any) -> None:
+    async def bench(client: Client) -> None:
+        target = options["service"], options["method"], options["args"], options["kwargs"]
+        await client.invoke(*target)  # resolve and connect before the clock starts
+        result = await closed_loop(reactor, lambda: client.invoke(*target),
+                                   options["concurrency"], options["duration"],
+                                   options["calls"] or None)
+        out.write(f"{options['service']}.{options['method']}  concurrency "
+                  f"{options['concurrency']}\n{result.report()}\n")
+
+    await with_client(reactor, options, bench)
 
 
 async def run_ls(reactor: Any, options: usage.Options, out: Any) -> None:
@@ -129,6 +169,9 @@ async def run_ls(reactor: Any, options: usage.Options, out: Any) -> None:
         await registry.close()
 
 
+COMMANDS = {"call": run_call, "ls": run_ls, "bench": run_bench}
+
+
 async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
@@ -141,10 +184,7 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     sub = options.subOptions
     started = time.monotonic()
     try:
-        if options.subCommand == "call":
-            await run_call(reactor, sub, out)
-        else:
-            await run_ls(reactor, sub, out)
+        await COMMANDS[str(options.subCommand)](reactor, sub, out)
     except usage.UsageError as e:
         err.write(f"msrpc: {e}\n")
         return 2

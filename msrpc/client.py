@@ -77,9 +77,9 @@ class Call(Deferred):  # type: ignore[type-arg]
         if _PLAIN_DEFERRED_INIT and not Deferred.debug:
             # Exactly what Deferred.__init__ does (checked at import), minus a frame.
             self._callbacks = []
-            self._canceller = _cancel_call
+            self._canceller = _cancel_call  # type: ignore[assignment]
         else:
-            Deferred.__init__(self, _cancel_call)
+            Deferred.__init__(self, _cancel_call)  # type: ignore[arg-type]
         self.client = client
         self.service = service
         self.method = method

@@ -351,7 +351,7 @@ def _plain_base(obj: Any) -> Any:
     """Unregistered subclasses of builtins travel as the builtin (like plain msgpack does)."""
     for base in (bool, int, float, str, bytes, list, dict):
         if isinstance(obj, base):
-            return base(obj)
+            return base(obj)  # type: ignore[arg-type]  # isinstance above
     if isinstance(obj, (bytearray, memoryview)):
         return bytes(obj)
     raise EncodeError(f"cannot encode {type(obj).__module__}.{type(obj).__qualname__}: "

@@ -17,7 +17,7 @@ from msrpc.wire import Compression
 try:  # optional extra: pip install msrpc[zstd]
     import zstandard
 except ImportError:  # pragma: no cover - exercised only without the extra
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]
 
 GZIP, NONE, ZSTD = int(Compression.GZIP), int(Compression.NONE), int(Compression.ZSTD)
 NAMES = {"none": NONE, "gzip": GZIP, "zstd": ZSTD}

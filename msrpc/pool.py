@@ -93,7 +93,8 @@ class Endpoint:
         if len(protocols) > 1:
             self.protocol = min(protocols, key=_outstanding)
         if (protocols and len(protocols) < self.pool.settings.connections_per_endpoint
-                and self._connecting is None and self.protocol.outstanding):
+                and self._connecting is None and self.protocol is not None
+                and self.protocol.outstanding):
             self._open().addErrback(lambda f: None)
         return self.protocol
 

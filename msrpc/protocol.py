@@ -81,6 +81,8 @@ class Dispatcher(TypingProtocol):
 @implementer(IPushProducer, IHandshakeListener)
 class RpcProtocol(Protocol):
     log = Logger()
+    #: A TCP or TLS transport: a consumer/producer that can also abort.
+    transport: Any
 
     def __init__(self, settings: ProtocolSettings, dispatcher: Optional[Dispatcher] = None,
                  sweeper: Optional["Sweeper"] = None) -> None:

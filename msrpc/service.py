@@ -15,14 +15,14 @@ import types
 import typing
 import uuid
 from decimal import Decimal
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from msrpc.limits import TokenBucket
 
 _EXPOSE_ATTR = "__msrpc_expose__"
 _HIDDEN_ATTR = "__msrpc_hidden__"
 
-Checker = Callable[[tuple, dict], Optional[str]]
+Checker = Callable[[Sequence[Any], dict], Optional[str]]
 
 
 def expose(name: Optional[str] = None, *, idempotent: bool = False) -> Callable[[Any], Any]:
@@ -130,7 +130,7 @@ def make_checker(fn: Callable[..., Any]) -> Optional[Checker]:
     if not checks:
         return None
 
-    def check(args: tuple, kwargs: dict) -> Optional[str]:
+    def check(args: Sequence[Any], kwargs: dict) -> Optional[str]:
         n = len(args)
         for position, name, accepted, wanted in checks:
             if position < n:

@@ -52,7 +52,7 @@ class MemoryServer:
         """Drop every connection and refuse new ones, like a killed process."""
         self.network.unlisten(self.host, self.port)
         for protocol in list(self.factory.connections):
-            protocol.transport.abortConnection()
+            protocol.transport.abortConnection()  # an iosim FakeTransport
         self.network.flush()
 
 

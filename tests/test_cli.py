@@ -88,3 +88,19 @@ class CliTests(TestCase):
     def test_arguments_parse_as_json_or_text(self) -> None:
         self.assertEqual([cli.parse_arg(a) for a in ("1", "1.5", "true", "[1]", "x y")],
                          [1, 1.5, True, [1], "x y"])
+
+    @defer.inlineCallbacks
+    def test_bench_runs_the_asked_number_of_calls_and_reports(self):  # type: ignore[no-untyped-def]
+        code, out, err = yield self.msrpc("bench", *self.static(), "--calls", "200",
+                                          "--concurrency", "8", "--duration", "60",
+                                          "arith.add", "1", "2")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("calls 200  ok 200  failed 0", out)
+        self.assertIn("p99 ", out)
+
+    @defer.inlineCallbacks
+    def test_bench_stops_at_once_when_the_first_call_fails(self):  # type: ignore[no-untyped-def]
+        code, out, err = yield self.msrpc("bench", *self.static(), "--calls", "10",
+                                          "arith.div", "1", "0")
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn("BadRequest", err)

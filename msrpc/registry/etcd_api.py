@@ -176,7 +176,7 @@ class LineStream(Protocol):
 
     def _abort(self) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            self.transport.stopProducing()  # type: ignore[attr-defined]  # a TCP transport
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.finished.called:
