@@ -4,6 +4,13 @@
 # registry (one SQLite file shared by this machine's processes), and stops gracefully:
 # deregister, wait the grace period, stop accepting, drain in-flight calls, close.
 # Then, from another shell:   msrpc call arith.add 1 2
+#
+# Environment (a .tac file takes no options):
+#   MSRPC_LISTEN            endpoint to listen on (default tcp:9112:interface=127.0.0.1;
+#                           tcp:0:interface=127.0.0.1 lets the OS pick a free port)
+#   MSRPC_LOCAL_REGISTRY    the registry file (default $XDG_STATE_HOME/msrpc/registry.sqlite3)
+
+import os
 
 from twisted.application import service
 from twisted.internet import reactor
@@ -18,6 +25,6 @@ application = service.Application("msrpc-demo")
 registry = LocalRegistry(reactor)
 Closing("registry", registry.close).setServiceParent(application)
 
-server = Server(reactor, "tcp:9112:interface=127.0.0.1", registry=registry,
-                services=default_services(reactor), grace=1.0)
+server = Server(reactor, os.environ.get("MSRPC_LISTEN", "tcp:9112:interface=127.0.0.1"),
+                registry=registry, services=default_services(reactor), grace=1.0)
 server.setServiceParent(application)

@@ -27,13 +27,7 @@ from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import IRegistry
 from msrpc.registry.nacos import NacosRegistry
 from tests.servers import REPO_ROOT, free_port, wait_for
-from tests.servers.nacos import NacosServer, require_nacos, shared_nacos
-
-#: Nacos honours these instance metadata keys (verified): beats every second, unhealthy after
-#: 3 s and deleted after 6 s without one, instead of 5 s / 15 s / 30 s.
-SHORT_TIMEOUTS = {"preserved.heart.beat.interval": "1000",
-                  "preserved.heart.beat.timeout": "3000",
-                  "preserved.ip.delete.timeout": "6000"}
+from tests.servers.nacos import SHORT_TIMEOUTS, NacosServer, require_nacos, shared_nacos
 
 
 def nacos_test(method: Callable[..., Awaitable[Any]]) -> Callable[..., defer.Deferred]:

@@ -9,11 +9,12 @@ running reactor so trial and pytest-twisted tests can simply return the Deferred
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import unittest
 from pathlib import Path
-from typing import Awaitable, Callable, NoReturn, Union
+from typing import Any, Awaitable, Callable, Coroutine, NoReturn, TypeVar, Union
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -80,3 +81,16 @@ def wait_for(reactor: IReactorTime, check: Check, timeout: float, what: str,
             await task.deferLater(reactor, interval, lambda: None)
 
     return defer.Deferred.fromCoroutine(poll())
+
+
+T = TypeVar("T")
+
+
+def run(test: Callable[[T], Coroutine[Any, Any, Any]]) -> Callable[[T], defer.Deferred[Any]]:
+    """Let an ``async def`` test method run under trial and pytest alike."""
+
+    @functools.wraps(test)
+    def wrapper(self: T) -> defer.Deferred[Any]:
+        return defer.Deferred.fromCoroutine(test(self))
+
+    return wrapper

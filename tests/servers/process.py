@@ -31,9 +31,13 @@ def _kill_leftovers() -> None:
 class _Exit(ProcessProtocol):
     def __init__(self) -> None:
         self.ended: defer.Deferred[Optional[int]] = defer.Deferred()
+        self.code: Optional[int] = None
+        self.signal: Optional[int] = None
 
     def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(getattr(reason.value, "exitCode", None))
+        self.code = getattr(reason.value, "exitCode", None)
+        self.signal = getattr(reason.value, "signal", None)
+        self.ended.callback(self.code)
 
 
 class LoggedProcess:
@@ -63,6 +67,16 @@ class LoggedProcess:
     @property
     def running(self) -> bool:
         return not self.ended.called
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        """The exit code (None while running, or when a signal ended the process)."""
+        return self._protocol.code
+
+    @property
+    def exit_signal(self) -> Optional[int]:
+        """The signal that ended the process (None while running or after an exit)."""
+        return self._protocol.signal
 
     def signal(self, signum: int) -> None:
         if self.running:

@@ -1,0 +1,24 @@
+"""
+A user service for the end-to-end tests, served by a real ``twistd msrpc`` with
+``--service whoami=tests.e2e_service:Whoami``: it says which process answered, greets, and
+fails on request.
+"""
+
+from __future__ import annotations
+
+import os
+
+from msrpc.service import expose
+
+
+class Whoami:
+    @expose(idempotent=True)
+    def pid(self) -> int:
+        """The id of the serving process, so a caller can tell instances apart."""
+        return os.getpid()
+
+    def greet(self, name: str) -> str:
+        return f"hello, {name}"
+
+    def fail(self, message: str) -> None:
+        raise ValueError(message)
