@@ -61,10 +61,13 @@ class EtcdEndToEndTests(TestCase):
         stored = dict(zip(lines[0::2], map(ServiceInstance.from_json, lines[1::2])))
         self.assertEqual(sorted(stored), [f"{PREFIX}arith/{daemon.address}",
                                           f"{PREFIX}echo/{daemon.address}"])
+        idempotent = {"arith": "add,mul", "echo": "echo,ping"}  # the demos' @expose
         for key, instance in stored.items():
+            service = key.split("/")[3]
             self.assertEqual((instance.service, instance.address, instance.weight,
                               instance.metadata),
-                             (key.split("/")[3], daemon.address, 3.0, {"zone": "z1"}))
+                             (service, daemon.address, 3.0,
+                              {"zone": "z1", "idempotent": idempotent[service]}))
 
     @run
     async def test_each_instance_is_on_its_own_lease_with_the_ttl(self) -> None:

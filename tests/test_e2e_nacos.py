@@ -72,7 +72,8 @@ class NacosEndToEndTests(TestCase):
             {k: host[k] for k in ("ip", "port", "weight", "metadata", "clusterName",
                                   "serviceName", "healthy", "ephemeral")},
             {"ip": "127.0.0.1", "port": daemon.port, "weight": 3.0,
-             "metadata": {"zone": "z1", "version": "2"}, "clusterName": "e2e-cluster",
+             "metadata": {"zone": "z1", "version": "2", "idempotent": "pid"},
+             "clusterName": "e2e-cluster",
              "serviceName": f"{self.group}@@{self.service}", "healthy": True,
              "ephemeral": True})
 
