@@ -12,7 +12,10 @@ from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -165,12 +168,26 @@ class Endpoint:
 Connector = Callable[[str, int, RpcProtocol], "Deferred[RpcProtocol]"]
 
 
+def tcp_endpoint(reactor: Any, host: str, port: int, timeout: float
+                 ) -> TCP4ClientEndpoint | TCP6ClientEndpoint | HostnameEndpoint:
+    """
+    An address connects directly; only a name goes through ``HostnameEndpoint``.  That one
+    reports a failure only when its next attempt is due (0.3 s later, even with a single
+    address), so a refused connect to a dead instance would cost every call that much.
+    """
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+
 def tcp_connector(reactor: Any, timeout: float,
                   tls: Optional[Callable[[str], Any]] = None) -> Connector:
     """Real connections: TCP (IPv4, IPv6 or a name) and optionally TLS on top."""
 
     def connect(host: str, port: int, protocol: RpcProtocol) -> "Deferred[RpcProtocol]":
-        tcp = HostnameEndpoint(reactor, host, port, timeout=timeout)
+        tcp = tcp_endpoint(reactor, host, port, timeout)
         target = tcp if tls is None else wrapClientTLS(tls(host), tcp)
         return connectProtocol(target, protocol)
 

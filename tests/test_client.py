@@ -6,7 +6,10 @@ from collections import Counter
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from msrpc.client import RetryPolicy
@@ -15,6 +18,8 @@ from msrpc.errors import (
     NotFound, RateLimited, RegistryUnavailable, RemoteError, Unavailable,
 )
 from msrpc.health import EjectionPolicy
+from msrpc.pool import tcp_connector
+from msrpc.protocol import ProtocolSettings, RpcProtocol
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.static import StaticRegistry
 from msrpc.server import ServerLimits
@@ -400,3 +405,29 @@ class RateAndOverloadTests(TestCase):
         self.assertEqual(sum(values.values()), 6)
         self.assertEqual(values["busy"], 1)
         del busy
+
+
+class TcpConnectorTests(TestCase):
+    """``msrpc.pool.tcp_connector`` on a ``MemoryReactorClock``: no sockets, no waiting."""
+
+    def connect(self, host: str) -> tuple[MemoryReactorClock, "defer.Deferred[Any]"]:
+        reactor = MemoryReactorClock()
+        protocol = RpcProtocol(ProtocolSettings())
+        return reactor, tcp_connector(reactor, timeout=5.0)(host, 9112, protocol)
+
+    def refuse(self, reactor: MemoryReactorClock) -> None:
+        host, port, factory, timeout, bind = reactor.tcpClients[0]
+        factory.clientConnectionFailed(reactor.connectors[0],
+                                       Failure(ConnectionRefusedError()))
+
+    def test_refused_ipv4_connect_fails_at_once(self) -> None:
+        reactor, d = self.connect("127.0.0.1")
+        self.assertEqual(reactor.tcpClients[0][:2], ("127.0.0.1", 9112))
+        self.refuse(reactor)
+        self.failureResultOf(d, ConnectionRefusedError)  # no clock advance needed
+
+    def test_refused_ipv6_connect_fails_at_once(self) -> None:
+        reactor, d = self.connect("::1")
+        self.assertEqual(reactor.tcpClients[0][:2], ("::1", 9112))
+        self.refuse(reactor)
+        self.failureResultOf(d, ConnectionRefusedError)

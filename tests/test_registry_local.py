@@ -318,6 +318,41 @@ class WatchTests(LocalTestCase):
         self.clock.advance(REFRESH * 3)
         self.assertEqual(calls, [[]])
 
+    def remove_file(self) -> None:
+        for name in os.listdir(self.dir):  # rm registry.sqlite3*
+            os.unlink(self.dir / name)
+
+    def test_watch_keeps_instances_of_a_deleted_file_until_they_beat_again(self) -> None:
+        self.register(self.registry(), ARITH)
+        calls = self.watch(self.registry(), "arith")
+        self.remove_file()
+        self.clock.pump([REFRESH] * 4)  # the heartbeat puts the row back meanwhile
+        self.assertEqual(calls, [[ARITH]])
+        self.assertEqual([s for s, i, e in self.rows()], ["arith"])
+
+    def test_watch_keeps_instances_of_a_replaced_file_until_they_beat_again(self) -> None:
+        self.register(self.registry(), ARITH)
+        calls = self.watch(self.registry(), "arith")
+        self.remove_file()
+        sqlite3.connect(self.dir / "fresh.sqlite3").close()
+        os.replace(self.dir / "fresh.sqlite3", self.path)  # an empty database
+        self.clock.pump([REFRESH] * 4)
+        self.assertEqual(calls, [[ARITH]])
+
+    def test_instance_of_a_deleted_file_that_never_beats_again_expires_as_before(
+            self) -> None:
+        registration_time = self.clock.seconds()
+        self.register(self.registry(), ARITH)  # frozen clock: a killed process
+        other, clock = self.other_process()
+        calls: list[Sequence[ServiceInstance]] = []
+        other.watch("arith", calls.append)
+        self.remove_file()
+        clock.pump([REFRESH] * int(TTL / REFRESH - 1))
+        self.assertEqual(calls, [[ARITH]])  # listed until the expiry the old file gave it
+        clock.advance(REFRESH)
+        self.assertEqual(clock.seconds(), registration_time + TTL)
+        self.assertEqual(calls, [[ARITH], []])
+
 
 class SnapshotTests(LocalTestCase):
     """The cheap path of watch polls, on the Store itself."""

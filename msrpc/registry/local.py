@@ -161,6 +161,8 @@ class Snapshot:
     token: tuple[str, int]
     valid_until: float
     instances: tuple[ServiceInstance, ...]
+    #: When each instance's row expires, in the order of ``instances``.
+    expires_at: tuple[float, ...] = ()
 
 
 def _guarded(method: Callable[..., T]) -> Callable[..., T]:
@@ -309,7 +311,8 @@ class Store:
                 (service, now)).fetchall()
         return Snapshot(token=token,
                         valid_until=min((row[-1] for row in rows), default=math.inf),
-                        instances=tuple(self._instance(row) for row in rows))
+                        instances=tuple(self._instance(row) for row in rows),
+                        expires_at=tuple(row[-1] for row in rows))
 
     @_guarded
     def services(self, now: float) -> list[str]:
@@ -447,20 +450,40 @@ class _Heartbeat:
 
 
 class _CachedLookup:
-    """A watch's lookup: remembers its last snapshot so an idle poll reads one row."""
+    """
+    A watch's lookup: remembers its last snapshot so an idle poll reads one row.
+
+    When the file is deleted or replaced, the rows of live processes come back only with
+    their next heartbeats (within TTL/3).  Until then the watch goes on listing what the
+    old file listed, each instance until the expiry it had there: losing the file shortens
+    no lease, so callers are not left without instances meanwhile, and an instance whose
+    process is gone drops out when it would have anyway.
+    """
 
     def __init__(self, registry: "LocalRegistry") -> None:
         self._registry = registry
         self._last: Optional[Snapshot] = None
+        #: instance id → (instance, expiry) listed by a file that is gone.
+        self._carried: dict[str, tuple[ServiceInstance, float]] = {}
 
     def __call__(self, service: str) -> "Deferred[list[ServiceInstance]]":
         now = self._registry.clock.seconds()
         d = self._registry.call(self._registry.store.snapshot, service, now, self._last)
-        return d.addCallback(self._remember)
+        return d.addCallback(self._remember, now)
 
-    def _remember(self, snapshot: Snapshot) -> list[ServiceInstance]:
-        self._last = snapshot
-        return list(snapshot.instances)
+    def _remember(self, snapshot: Snapshot, now: float) -> list[ServiceInstance]:
+        previous, self._last = self._last, snapshot
+        if previous is not None and previous.token[0] != snapshot.token[0]:
+            for instance, expires_at in zip(previous.instances, previous.expires_at):
+                self._carried[instance.instance_id] = (instance, expires_at)
+        instances = list(snapshot.instances)
+        if self._carried:
+            listed = {instance.instance_id for instance in instances}
+            self._carried = {key: (instance, expires_at)
+                             for key, (instance, expires_at) in self._carried.items()
+                             if key not in listed and expires_at > now}
+            instances.extend(instance for instance, _ in self._carried.values())
+        return instances
 
 
 @implementer(IRegistry, IServiceCatalog)
