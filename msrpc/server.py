@@ -20,13 +20,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from msrpc import compress
 from msrpc.deadline import Deadlines
-from msrpc.errors import DecodeError, RpcError
+from msrpc.errors import DecodeError, RegistryAuthError, RegistryError, RpcError
 from msrpc.limits import TokenBucket
 from msrpc.protocol import ProtocolSettings, RpcProtocol
 from msrpc.registry.instance import IDEMPOTENT_KEY, ServiceInstance
@@ -411,6 +412,11 @@ def published_metadata(dispatcher: Dispatcher, service: str,
     return {**metadata, IDEMPOTENT_KEY: ",".join(idempotent)}
 
 
+#: Seconds before the first retry of a failed registration; doubles up to the maximum.
+REGISTER_RETRY_INITIAL = 0.5
+REGISTER_RETRY_MAX = 30.0
+
+
 class Server(Service):
     """
     Listens on an endpoint string, serves registered service objects, and publishes them
@@ -453,6 +459,8 @@ class Server(Service):
         #: Fires with the listening address once listening and registered.
         self.ready: Deferred[Any] = Deferred()
         self._starting: Optional[Deferred[Any]] = None
+        self._register_wait: Optional[Deferred[None]] = None
+        self._stopping = False
         for name, obj in (services or {}).items():
             self.add_service(name, obj)
 
@@ -506,18 +514,49 @@ class Server(Service):
             if not instances:
                 self.log.warn("not registering: cannot advertise {address}", address=address)
             for instance in instances:
-                registration = await self.registry.register(instance)
-                self.registrations.append(registration)
-                self.log.info("registered {service} at {address} in {registry}",
-                              service=instance.service, address=instance.address,
-                              registry=self.registry.name)
+                if self._stopping:
+                    break
+                await self._register(self.registry, instance)
         return address
+
+    async def _register(self, registry: IRegistry, instance: ServiceInstance) -> None:
+        """Register, retrying with backoff while the registry is unreachable or failing:
+        a server started during a registry outage joins as soon as the registry is back
+        (it serves direct callers meanwhile).  Rejected credentials are not retried."""
+        delay = REGISTER_RETRY_INITIAL
+        while True:
+            try:
+                registration = await registry.register(instance)
+                break
+            except RegistryAuthError:
+                raise
+            except RegistryError as e:
+                if self._stopping:
+                    return
+                self.log.warn("registering {service} in {registry} failed, retrying in "
+                              "{delay:g}s: {error}", service=instance.service,
+                              registry=registry.name, delay=delay, error=e)
+                self._register_wait = deferLater(self.reactor, delay, lambda: None)
+                try:
+                    await self._register_wait
+                except defer.CancelledError:
+                    return  # stopped while waiting
+                finally:
+                    self._register_wait = None
+                delay = min(delay * 2, REGISTER_RETRY_MAX)
+        self.registrations.append(registration)
+        self.log.info("registered {service} at {address} in {registry}",
+                      service=instance.service, address=instance.address,
+                      registry=registry.name)
 
     def stopService(self) -> "Deferred[None]":
         Service.stopService(self)
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        self._stopping = True
+        if self._register_wait is not None:
+            self._register_wait.cancel()
         if self._starting is not None and not self._starting.called:
             await defer.DeferredList([self._starting], consumeErrors=True)
         registrations, self.registrations = self.registrations, []
@@ -528,7 +567,6 @@ class Server(Service):
                 self.log.warn("deregistering {service} failed: {error}",
                               service=registration.instance.service, error=e)
         if registrations and self.grace > 0:
-            from twisted.internet.task import deferLater
             await deferLater(self.reactor, self.grace, lambda: None)
         if self.port is not None:
             await defer.maybeDeferred(self.port.stopListening)

@@ -211,6 +211,13 @@ def protocol_settings(options: usage.Options) -> ProtocolSettings:
                             max_decompressed=options["max-decompressed"])
 
 
+def _stop_reactor(failure: Any, reactor: Any) -> None:
+    """A server that cannot listen or is refused by its registry must not linger half up:
+    the error is logged by the server; stop the process so a supervisor sees it."""
+    if reactor.running:
+        reactor.stop()
+
+
 def makeService(options: usage.Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -258,6 +265,7 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
     Closing("client", client.close).setServiceParent(top)
     server.setName("server")
     server.setServiceParent(top)
+    server.ready.addErrback(_stop_reactor, reactor)
     top.client = client  # type: ignore[attr-defined]
     top.registry = registry  # type: ignore[attr-defined]
     top.server = server  # type: ignore[attr-defined]

@@ -76,7 +76,7 @@ class ResilienceTestCase(TestCase):
     def server(self) -> "defer.Deferred[MsrpcDaemon]":
         """One more ``twistd msrpc`` serving ``arith``, returned once registered."""
         self.started += 1
-        return start_daemon(self, reactor, self.dir, self.server_args(), registered=2,
+        return start_daemon(self, reactor, self.dir, self.server_args(), registered=1,
                             name=f"server{self.started}")
 
     async def servers(self, count: int) -> list[MsrpcDaemon]:

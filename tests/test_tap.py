@@ -101,3 +101,10 @@ class ServiceTreeTests(TestCase):
         self.assertEqual(client._balancer_for("arith").name, "least_outstanding")
         self.assertEqual(client.idempotent, {"echo.echo"})
         self.assertEqual((client.retry.max_attempts, client.timeout), (5, 2.5))
+
+    def test_a_server_that_fails_to_start_stops_the_process(self) -> None:
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        top = tap.makeService(parse("--registry", "static", "--listen", "tcp:0"), reactor)
+        top.server.ready.errback(OSError("address in use"))
+        self.assertTrue(reactor.hasStopped)
