@@ -273,21 +273,8 @@ class MsgpackCodec:
 
     # -- decoding
     def decode(self, data: bytes) -> Any:
-        limits = self.limits
-        size = len(data)
         try:
-            if size <= self._small:
-                # msgpack's own defaults already bound every length by the buffer size.
-                value = msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3,
-                                        strict_map_key=False)
-            else:
-                value = msgpack.unpackb(
-                    data, ext_hook=self._ext_hook, timestamp=3, strict_map_key=False,
-                    max_str_len=min(limits.max_str_len, size),
-                    max_bin_len=min(limits.max_bin_len, size),
-                    max_array_len=min(limits.max_container_len, size),
-                    max_map_len=min(limits.max_container_len, size // 2),
-                    max_ext_len=size)
+            value = self._unpack(data)
         except DecodeError:
             raise
         except msgpack.ExtraData:
@@ -296,17 +283,34 @@ class MsgpackCodec:
             raise DecodeError("value nests too deeply") from None
         except Exception as e:  # FormatError, StackError, ValueError(limits), Unicode, ...
             raise DecodeError(f"malformed msgpack: {e}") from None
-        if size > limits.max_depth and self._may_nest_deeper(data):
-            if _depth_exceeds(value, limits.max_depth):
-                raise DecodeError(f"value nests deeper than {limits.max_depth} levels")
+        max_depth = self.limits.max_depth
+        if len(data) > max_depth and self._may_nest_deeper(data):
+            if _depth_exceeds(value, max_depth):
+                raise DecodeError(f"value nests deeper than {max_depth} levels")
         return value
 
     def _may_nest_deeper(self, data: bytes) -> bool:
         return len(data.translate(None, _DELETE_NOT_MSGPACK_NESTING)) > self.limits.max_depth
 
     def _unpack(self, data: bytes) -> Any:
-        return msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3, raw=False,
-                               strict_map_key=False)
+        """
+        Unpack a body, or the payload of an ext (tuple, set, registered object...), within the
+        limits.  msgpack hands ext payloads to ``_ext_hook`` as opaque bytes, unchecked, so
+        each payload is unpacked under the same caps as the body around it.
+        """
+        size = len(data)
+        if size <= self._small:
+            # msgpack's own defaults already bound every length by the buffer size.
+            return msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3,
+                                   strict_map_key=False)
+        limits = self.limits
+        return msgpack.unpackb(
+            data, ext_hook=self._ext_hook, timestamp=3, strict_map_key=False,
+            max_str_len=min(limits.max_str_len, size),
+            max_bin_len=min(limits.max_bin_len, size),
+            max_array_len=min(limits.max_container_len, size),
+            max_map_len=min(limits.max_container_len, size // 2),
+            max_ext_len=size)
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
         try:

@@ -247,6 +247,14 @@ class LimitTests(TestCase):
         codec = MsgpackCodec(types, Limits(max_str_len=100))
         self.assertRaises(DecodeError, codec.decode, codec.encode("x" * 101))
 
+    def test_limits_hold_inside_tuples_sets_and_registered_objects(self) -> None:
+        # Their contents travel as ext payloads, which msgpack does not check for us.
+        codec = MsgpackCodec(types, Limits(max_container_len=10, max_str_len=100))
+        self.assertEqual(codec.decode(codec.encode(tuple(range(10)))), tuple(range(10)))
+        for value in (tuple(range(11)), {frozenset(range(11))}, ("x" * 101,),
+                      Shape("x" * 101), Shape("s", [Point(i) for i in range(11)])):
+            self.assertRaises(DecodeError, codec.decode, codec.encode(value))
+
     def test_declared_length_beyond_the_buffer_is_refused_without_allocating(self) -> None:
         # An array32 header claiming 2**31 items followed by nothing.
         self.assertRaises(DecodeError, MsgpackCodec(types).decode, b"\xdd\x80\x00\x00\x00")
