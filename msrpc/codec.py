@@ -20,6 +20,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from itertools import chain
 from typing import Any, Callable, Iterable, Optional, TypeVar, overload
 
 import attr
@@ -192,7 +193,7 @@ def _depth_exceeds(value: Any, max_depth: int) -> bool:
     while stack:
         obj, depth = stack.pop()
         if isinstance(obj, dict):
-            children: Iterable[Any] = obj.values()
+            children: Iterable[Any] = chain(obj, obj.values())  # keys can nest: tuples...
         elif isinstance(obj, (list, tuple, set, frozenset)):
             children = obj
         elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -233,6 +233,15 @@ class LimitTests(TestCase):
             value = Shape("s", [value])  # type: ignore[list-item]
         self.assertRaises(DecodeError, codec.decode, codec.encode(value))
 
+    def test_nesting_inside_dict_keys_counts(self) -> None:
+        codec = MsgpackCodec(types, Limits(max_depth=5))
+        key: Any = "k"
+        for _ in range(4):
+            key = (key,)
+        self.assertEqual(codec.decode(codec.encode({key: 1})), {key: 1})  # 5 levels
+        error = self.assertRaises(DecodeError, codec.decode, codec.encode({(key,): 1}))
+        self.assertIn("deeper than 5", str(error))
+
     def test_json_nesting_limit(self) -> None:
         codec = JsonCodec(types, Limits(max_depth=5))
         self.assertRaises(DecodeError, codec.decode, b"[[[[[[1]]]]]]")
