@@ -247,6 +247,14 @@ class LimitTests(TestCase):
         self.assertRaises(DecodeError, codec.decode, b"[[[[[[1]]]]]]")
         self.assertEqual(codec.decode(b"[[[[1]]]]"), [[[[1]]]])
 
+    def test_json_container_string_and_bytes_limits(self) -> None:
+        codec = JsonCodec(types, Limits(max_container_len=10, max_str_len=100, max_bin_len=50))
+        within = [list(range(10)), "é" * 50, b"x" * 50, {"k" * 100: {Point(i) for i in range(9)}}]
+        self.assertEqual(codec.decode(codec.encode(within)), within)
+        for beyond in (list(range(11)), {str(i): i for i in range(11)}, {"k" * 101: 1},
+                       "é" * 51, b"x" * 51, [{Point(i) for i in range(11)}]):
+            self.assertRaises(DecodeError, codec.decode, codec.encode(beyond))
+
     def test_container_length_limit(self) -> None:
         codec = MsgpackCodec(types, Limits(max_container_len=10))
         self.assertEqual(len(codec.decode(codec.encode(list(range(10))))), 10)
