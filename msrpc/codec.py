@@ -293,7 +293,7 @@ class MsgpackCodec:
             return msgpack.ExtType(EXT_DECIMAL, str(obj).encode("ascii"))
         if cls is dt.datetime:
             if obj.tzinfo is not None and obj.utcoffset() is not None:
-                return msgpack.Timestamp.from_datetime(obj)
+                return _timestamp(obj)
             return msgpack.ExtType(EXT_NAIVE_DATETIME, obj.isoformat().encode("ascii"))
         if cls is dt.date:
             return msgpack.ExtType(EXT_DATE, obj.isoformat().encode("ascii"))
@@ -382,6 +382,20 @@ class MsgpackCodec:
         except Exception as e:
             raise DecodeError(f"bad payload for ext type {code}: {e}") from None
         raise DecodeError(f"unknown msgpack ext type {code}")
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _timestamp(moment: dt.datetime) -> msgpack.Timestamp:
+    """
+    An aware datetime as a msgpack Timestamp, exactly.  msgpack's own
+    ``Timestamp.from_datetime`` went through a float until 2026 (msgpack-python #662, #710):
+    with the msgpack 1.0.x this package allows, 2024-04-16 08:43:09.420317 came back a
+    microsecond early, and the year 3000 a second late.
+    """
+    delta = moment - _EPOCH
+    return msgpack.Timestamp(delta.days * 86400 + delta.seconds, delta.microseconds * 1000)
 
 
 def _plain_base(obj: Any) -> Any:

@@ -86,6 +86,14 @@ class MsgpackRoundTripTests(TestCase):
         raw = msgpack.unpackb(self.codec.encode(moment))
         self.assertIsInstance(raw, msgpack.Timestamp)
 
+    def test_aware_datetimes_keep_every_microsecond(self) -> None:
+        # msgpack 1.0.x's Timestamp.from_datetime rounded these through a float.
+        for moment in (dt.datetime(2024, 4, 16, 8, 43, 9, 420317, tzinfo=dt.timezone.utc),
+                       dt.datetime(3000, 1, 1, 0, 0, 0, 999999, tzinfo=dt.timezone.utc),
+                       dt.datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=dt.timezone.utc),
+                       dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc)):
+            self.assertEqual(self.codec.decode(self.codec.encode(moment)), moment)
+
     def test_dict_keys_may_be_ints_and_tuples(self) -> None:
         value = {1: "a", (2, 3): "b"}
         self.assertEqual(self.codec.decode(self.codec.encode(value)), value)
