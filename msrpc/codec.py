@@ -20,6 +20,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from itertools import chain
 from typing import Any, Callable, Iterable, Optional, TypeVar, overload
 
 import attr
@@ -46,7 +47,14 @@ EXT_ENUM = 11
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on what a decoder accepts from a peer (documented in README, section Limits)."""
+    """
+    Bounds on what a decoder accepts from a peer (documented in README, section Limits).
+
+    They hold for every container, string (UTF-8 bytes) and bytes value wherever it nests,
+    dict keys included, under both codecs.  msgpack checks them on the wire, so there the
+    codec's own envelopes count too: a registered object's ``[name, {fields}]``, an enum's
+    ``[name, value]`` and a timedelta's three numbers.
+    """
 
     max_depth: int = 100
     max_container_len: int = 1_000_000
@@ -186,13 +194,18 @@ _DELETE_NOT_MSGPACK_NESTING = bytes(b for b in range(256) if b not in _MSGPACK_N
 _DELETE_NOT_JSON_NESTING = bytes(b for b in range(256) if b not in b"[{")
 
 
-def _depth_exceeds(value: Any, max_depth: int) -> bool:
-    """Whether ``value`` nests deeper than ``max_depth`` containers (iterative: no recursion)."""
+def _limit_broken(value: Any, limits: Limits, sizes: bool) -> Optional[str]:
+    """
+    What in ``value`` breaks ``limits``, or None.  Always its nesting; with ``sizes`` also the
+    lengths of its containers, strings (UTF-8 bytes) and bytes, for JSON, whose parser cannot
+    check them while parsing as msgpack's does.  Iterative: no recursion however deep.
+    """
+    max_depth = limits.max_depth
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         obj, depth = stack.pop()
         if isinstance(obj, dict):
-            children: Iterable[Any] = obj.values()
+            children: Iterable[Any] = chain(obj, obj.values())  # keys can nest: tuples...
         elif isinstance(obj, (list, tuple, set, frozenset)):
             children = obj
         elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -200,11 +213,31 @@ def _depth_exceeds(value: Any, max_depth: int) -> bool:
         elif attr.has(type(obj)):
             children = (getattr(obj, a.name) for a in attr.fields(type(obj)))
         else:
+            if sizes:
+                problem = _size_broken(obj, limits)
+                if problem is not None:
+                    return problem
             continue
         if depth > max_depth:
-            return True
+            return f"value nests deeper than {max_depth} levels"
+        if sizes and isinstance(obj, (dict, list, tuple, set, frozenset)) and \
+                len(obj) > limits.max_container_len:
+            return (f"container of {len(obj)} items exceeds the limit of "
+                    f"{limits.max_container_len}")
         stack.extend((child, depth + 1) for child in children)
-    return False
+    return None
+
+
+def _size_broken(obj: Any, limits: Limits) -> Optional[str]:
+    if isinstance(obj, str):
+        limit = limits.max_str_len
+        # Characters <= UTF-8 bytes <= 4 characters: encode only when it can matter.
+        if len(obj) > limit or (
+                4 * len(obj) > limit and len(obj.encode("utf-8", "surrogatepass")) > limit):
+            return f"string longer than the limit of {limit} bytes"
+    elif isinstance(obj, bytes) and len(obj) > limits.max_bin_len:
+        return f"bytes longer than the limit of {limits.max_bin_len}"
+    return None
 
 
 # --------------------------------------------------------------------------- msgpack
@@ -260,7 +293,7 @@ class MsgpackCodec:
             return msgpack.ExtType(EXT_DECIMAL, str(obj).encode("ascii"))
         if cls is dt.datetime:
             if obj.tzinfo is not None and obj.utcoffset() is not None:
-                return msgpack.Timestamp.from_datetime(obj)
+                return _timestamp(obj)
             return msgpack.ExtType(EXT_NAIVE_DATETIME, obj.isoformat().encode("ascii"))
         if cls is dt.date:
             return msgpack.ExtType(EXT_DATE, obj.isoformat().encode("ascii"))
@@ -273,21 +306,8 @@ class MsgpackCodec:
 
     # -- decoding
     def decode(self, data: bytes) -> Any:
-        limits = self.limits
-        size = len(data)
         try:
-            if size <= self._small:
-                # msgpack's own defaults already bound every length by the buffer size.
-                value = msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3,
-                                        strict_map_key=False)
-            else:
-                value = msgpack.unpackb(
-                    data, ext_hook=self._ext_hook, timestamp=3, strict_map_key=False,
-                    max_str_len=min(limits.max_str_len, size),
-                    max_bin_len=min(limits.max_bin_len, size),
-                    max_array_len=min(limits.max_container_len, size),
-                    max_map_len=min(limits.max_container_len, size // 2),
-                    max_ext_len=size)
+            value = self._unpack(data)
         except DecodeError:
             raise
         except msgpack.ExtraData:
@@ -296,17 +316,34 @@ class MsgpackCodec:
             raise DecodeError("value nests too deeply") from None
         except Exception as e:  # FormatError, StackError, ValueError(limits), Unicode, ...
             raise DecodeError(f"malformed msgpack: {e}") from None
-        if size > limits.max_depth and self._may_nest_deeper(data):
-            if _depth_exceeds(value, limits.max_depth):
-                raise DecodeError(f"value nests deeper than {limits.max_depth} levels")
+        if len(data) > self.limits.max_depth and self._may_nest_deeper(data):
+            problem = _limit_broken(value, self.limits, sizes=False)
+            if problem is not None:
+                raise DecodeError(problem)
         return value
 
     def _may_nest_deeper(self, data: bytes) -> bool:
         return len(data.translate(None, _DELETE_NOT_MSGPACK_NESTING)) > self.limits.max_depth
 
     def _unpack(self, data: bytes) -> Any:
-        return msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3, raw=False,
-                               strict_map_key=False)
+        """
+        Unpack a body, or the payload of an ext (tuple, set, registered object...), within the
+        limits.  msgpack hands ext payloads to ``_ext_hook`` as opaque bytes, unchecked, so
+        each payload is unpacked under the same caps as the body around it.
+        """
+        size = len(data)
+        if size <= self._small:
+            # msgpack's own defaults already bound every length by the buffer size.
+            return msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3,
+                                   strict_map_key=False)
+        limits = self.limits
+        return msgpack.unpackb(
+            data, ext_hook=self._ext_hook, timestamp=3, strict_map_key=False,
+            max_str_len=min(limits.max_str_len, size),
+            max_bin_len=min(limits.max_bin_len, size),
+            max_array_len=min(limits.max_container_len, size),
+            max_map_len=min(limits.max_container_len, size // 2),
+            max_ext_len=size)
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
         try:
@@ -347,6 +384,20 @@ class MsgpackCodec:
         raise DecodeError(f"unknown msgpack ext type {code}")
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _timestamp(moment: dt.datetime) -> msgpack.Timestamp:
+    """
+    An aware datetime as a msgpack Timestamp, exactly.  msgpack's own
+    ``Timestamp.from_datetime`` went through a float until 2026 (msgpack-python #662, #710):
+    with the msgpack 1.0.x this package allows, 2024-04-16 08:43:09.420317 came back a
+    microsecond early, and the year 3000 a second late.
+    """
+    delta = moment - _EPOCH
+    return msgpack.Timestamp(delta.days * 86400 + delta.seconds, delta.microseconds * 1000)
+
+
 def _plain_base(obj: Any) -> Any:
     """Unregistered subclasses of builtins travel as the builtin (like plain msgpack does)."""
     for base in (bool, int, float, str, bytes, list, dict):
@@ -374,6 +425,8 @@ class JsonCodec:
                  limits: Limits = DEFAULT_LIMITS) -> None:
         self.registry = registry
         self.limits = limits
+        # A body no longer than every cap cannot hold anything longer than one: no size walk.
+        self._small = min(limits.max_str_len, limits.max_bin_len, limits.max_container_len)
         self._encoder = json.JSONEncoder(default=self._default, separators=(",", ":"),
                                          ensure_ascii=False, allow_nan=True)
 
@@ -416,11 +469,17 @@ class JsonCodec:
             raise DecodeError("value nests too deeply") from None
         except Exception as e:
             raise DecodeError(f"malformed JSON: {e}") from None
-        if len(data) > self.limits.max_depth:
-            nesting = len(data.translate(None, _DELETE_NOT_JSON_NESTING))
-            if nesting > self.limits.max_depth and _depth_exceeds(value, self.limits.max_depth):
-                raise DecodeError(f"value nests deeper than {self.limits.max_depth} levels")
+        sizes = len(data) > self._small
+        if sizes or self._may_nest_deeper(data):
+            problem = _limit_broken(value, self.limits, sizes)
+            if problem is not None:
+                raise DecodeError(problem)
         return value
+
+    def _may_nest_deeper(self, data: bytes) -> bool:
+        max_depth = self.limits.max_depth
+        return len(data) > max_depth and \
+            len(data.translate(None, _DELETE_NOT_JSON_NESTING)) > max_depth
 
     def _object_hook(self, obj: dict[str, Any]) -> Any:
         if not obj or len(obj) > 2:

@@ -74,10 +74,17 @@ def decompress(kind: int, data: bytes, max_size: int = DEFAULT_MAX_DECOMPRESSED)
         try:
             with _zstd_decompressor().stream_reader(io.BytesIO(data)) as reader:
                 out = reader.read(max_size + 1)
+            if len(out) > max_size:
+                raise _too_big(max_size)
+            # The reader stops quietly where the input ends, even inside a frame.  Whether
+            # the frame ended takes a second pass, bounded now that it is known to inflate
+            # to at most max_size.
+            check = _zstd_decompressor().decompressobj()
+            check.decompress(data)
         except zstandard.ZstdError as e:
             raise DecodeError(f"corrupt zstd body: {e}") from None
-        if len(out) > max_size:
-            raise _too_big(max_size)
+        if not check.eof:
+            raise DecodeError("truncated zstd body")
         return out
     raise DecodeError(f"unknown compression id {kind}")
 

@@ -86,6 +86,14 @@ class MsgpackRoundTripTests(TestCase):
         raw = msgpack.unpackb(self.codec.encode(moment))
         self.assertIsInstance(raw, msgpack.Timestamp)
 
+    def test_aware_datetimes_keep_every_microsecond(self) -> None:
+        # msgpack 1.0.x's Timestamp.from_datetime rounded these through a float.
+        for moment in (dt.datetime(2024, 4, 16, 8, 43, 9, 420317, tzinfo=dt.timezone.utc),
+                       dt.datetime(3000, 1, 1, 0, 0, 0, 999999, tzinfo=dt.timezone.utc),
+                       dt.datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=dt.timezone.utc),
+                       dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc)):
+            self.assertEqual(self.codec.decode(self.codec.encode(moment)), moment)
+
     def test_dict_keys_may_be_ints_and_tuples(self) -> None:
         value = {1: "a", (2, 3): "b"}
         self.assertEqual(self.codec.decode(self.codec.encode(value)), value)
@@ -233,10 +241,27 @@ class LimitTests(TestCase):
             value = Shape("s", [value])  # type: ignore[list-item]
         self.assertRaises(DecodeError, codec.decode, codec.encode(value))
 
+    def test_nesting_inside_dict_keys_counts(self) -> None:
+        codec = MsgpackCodec(types, Limits(max_depth=5))
+        key: Any = "k"
+        for _ in range(4):
+            key = (key,)
+        self.assertEqual(codec.decode(codec.encode({key: 1})), {key: 1})  # 5 levels
+        error = self.assertRaises(DecodeError, codec.decode, codec.encode({(key,): 1}))
+        self.assertIn("deeper than 5", str(error))
+
     def test_json_nesting_limit(self) -> None:
         codec = JsonCodec(types, Limits(max_depth=5))
         self.assertRaises(DecodeError, codec.decode, b"[[[[[[1]]]]]]")
         self.assertEqual(codec.decode(b"[[[[1]]]]"), [[[[1]]]])
+
+    def test_json_container_string_and_bytes_limits(self) -> None:
+        codec = JsonCodec(types, Limits(max_container_len=10, max_str_len=100, max_bin_len=50))
+        within = [list(range(10)), "é" * 50, b"x" * 50, {"k" * 100: {Point(i) for i in range(9)}}]
+        self.assertEqual(codec.decode(codec.encode(within)), within)
+        for beyond in (list(range(11)), {str(i): i for i in range(11)}, {"k" * 101: 1},
+                       "é" * 51, b"x" * 51, [{Point(i) for i in range(11)}]):
+            self.assertRaises(DecodeError, codec.decode, codec.encode(beyond))
 
     def test_container_length_limit(self) -> None:
         codec = MsgpackCodec(types, Limits(max_container_len=10))
@@ -246,6 +271,14 @@ class LimitTests(TestCase):
     def test_string_length_limit(self) -> None:
         codec = MsgpackCodec(types, Limits(max_str_len=100))
         self.assertRaises(DecodeError, codec.decode, codec.encode("x" * 101))
+
+    def test_limits_hold_inside_tuples_sets_and_registered_objects(self) -> None:
+        # Their contents travel as ext payloads, which msgpack does not check for us.
+        codec = MsgpackCodec(types, Limits(max_container_len=10, max_str_len=100))
+        self.assertEqual(codec.decode(codec.encode(tuple(range(10)))), tuple(range(10)))
+        for value in (tuple(range(11)), {frozenset(range(11))}, ("x" * 101,),
+                      Shape("x" * 101), Shape("s", [Point(i) for i in range(11)])):
+            self.assertRaises(DecodeError, codec.decode, codec.encode(value))
 
     def test_declared_length_beyond_the_buffer_is_refused_without_allocating(self) -> None:
         # An array32 header claiming 2**31 items followed by nothing.

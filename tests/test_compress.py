@@ -42,6 +42,14 @@ class CompressionTests(TestCase):
         packed = compress.compress(compress.GZIP, b"x" * 5000)
         self.assertRaises(DecodeError, compress.decompress, compress.GZIP, packed[:-8])
 
+    def test_truncated_zstd_is_a_decode_error(self) -> None:
+        # zstandard's stream reader returns what it has when the input ends mid-frame.
+        packed = compress.compress(compress.ZSTD, bytes(range(256)) * 20)
+        for cut in (0, 4, len(packed) // 2, len(packed) - 1):
+            error = self.assertRaises(DecodeError, compress.decompress, compress.ZSTD,
+                                      packed[:cut])
+            self.assertIn("truncated zstd body", str(error))
+
     def test_gzip_body_is_a_standard_gzip_stream(self) -> None:
         packed = compress.compress(compress.GZIP, b"hello")
         self.assertEqual(zlib.decompress(packed, 31), b"hello")
