@@ -412,10 +412,31 @@ def _plain_base(obj: Any) -> Any:
 # --------------------------------------------------------------------------- JSON
 
 
+def _looks_tagged(obj: dict[Any, Any]) -> bool:
+    """Whether the JSON decoder would take this plain dict for one of its tagged values."""
+    if not obj or len(obj) > 2:
+        return False
+    key = next(iter(obj))
+    return isinstance(key, str) and key.startswith("$")
+
+
+def _escape_dicts(obj: Any) -> Any:
+    """``obj`` with every plain dict that looks tagged turned into ``{"$dict": pairs}``."""
+    cls = type(obj)
+    if cls is dict:
+        escaped = {k: _escape_dicts(v) for k, v in obj.items()}
+        return {"$dict": [[k, v] for k, v in escaped.items()]} if _looks_tagged(obj) \
+            else escaped
+    if cls is list or cls is tuple:
+        return [_escape_dicts(v) for v in obj]
+    return obj
+
+
 class JsonCodec:
     """
     The alternative serializer (wire serializer id 3) for peers without msgpack.  Types
     JSON lacks travel as one-key tagged objects (``{"$set": [...]}``); tuples become lists.
+    A user's dict that would read as a tag travels as ``{"$dict": [[key, value], ...]}``.
     """
 
     serializer = int(Serializer.JSON)
@@ -429,10 +450,20 @@ class JsonCodec:
         self._small = min(limits.max_str_len, limits.max_bin_len, limits.max_container_len)
         self._encoder = json.JSONEncoder(default=self._default, separators=(",", ":"),
                                          ensure_ascii=False, allow_nan=True)
+        self._escaping = False
 
     def encode(self, obj: Any) -> bytes:
         try:
-            return self._encoder.encode(obj).encode("utf-8")
+            text = self._encoder.encode(obj)
+            if '{"$' in text:
+                # A tag, or a user's dict that looks like one: encode again with such
+                # dicts escaped so they come back as dicts (rare; costs a second pass).
+                self._escaping = True
+                try:
+                    text = self._encoder.encode(_escape_dicts(obj))
+                finally:
+                    self._escaping = False
+            return text.encode("utf-8")
         except EncodeError:
             raise
         except (TypeError, ValueError, RecursionError) as e:
@@ -444,7 +475,9 @@ class JsonCodec:
         if entry is not None:
             if entry.is_enum:
                 return {"$enum": entry.name, "$value": obj.value}
-            return {"$type": entry.name, "$fields": entry.take_apart(obj)}
+            fields = entry.take_apart(obj)
+            return {"$type": entry.name,
+                    "$fields": _escape_dicts(fields) if self._escaping else fields}
         if cls in (set, frozenset):
             return {"$set" if cls is set else "$frozenset": list(obj)}
         if cls in (bytes, bytearray, memoryview):
@@ -496,6 +529,8 @@ class JsonCodec:
             if len(obj) != 1:
                 return obj
             value = obj[key]
+            if key == "$dict":
+                return {k: v for k, v in value}
             if key == "$set":
                 return set(value)
             if key == "$frozenset":

@@ -286,3 +286,21 @@ class LimitTests(TestCase):
 
     def test_limits_must_be_positive(self) -> None:
         self.assertRaises(ValueError, Limits, max_depth=0)
+
+
+class JsonLookalikeTests(TestCase):
+    """Plain dicts shaped like the JSON codec's tags stay plain dicts."""
+
+    def test_dicts_that_look_like_tags_round_trip(self) -> None:
+        codec = JsonCodec()
+        for value in ({"$set": [1]}, {"$set": 5}, {"$type": "x", "$fields": {}},
+                      {"$dict": [["a", 1]]}, [{"$bytes": "AA=="}, {"$uuid": "nope"}],
+                      {"outer": {"$decimal": "1.5"}}, {"$": None}):
+            self.assertEqual(codec.decode(codec.encode(value)), value)
+
+    def test_lookalikes_inside_real_tags_round_trip(self) -> None:
+        codec = JsonCodec()
+        value = {"when": {1, 2}, "plain": {"$set": [3]}, "raw": b"\x00"}
+        decoded = codec.decode(codec.encode(value))
+        self.assertEqual(decoded, value)
+        self.assertIsInstance(decoded["plain"], dict)
