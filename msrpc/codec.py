@@ -255,6 +255,7 @@ class MsgpackCodec:
         self.limits = limits
         # Bodies no longer than every cap need no explicit limits (the common case).
         self._small = min(limits.max_str_len, limits.max_bin_len, limits.max_container_len)
+        self._max_depth = limits.max_depth
         # Reused for top-level encodes (cheaper than packb); nested ext payloads use packb
         # because a Packer is not re-entrant.
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True,
@@ -307,7 +308,11 @@ class MsgpackCodec:
     # -- decoding
     def decode(self, data: bytes) -> Any:
         try:
-            value = self._unpack(data)
+            if len(data) <= self._small:  # the hot path, inlined from _unpack
+                value = msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3,
+                                        strict_map_key=False)
+            else:
+                value = self._unpack(data)
         except DecodeError:
             raise
         except msgpack.ExtraData:
@@ -316,7 +321,7 @@ class MsgpackCodec:
             raise DecodeError("value nests too deeply") from None
         except Exception as e:  # FormatError, StackError, ValueError(limits), Unicode, ...
             raise DecodeError(f"malformed msgpack: {e}") from None
-        if len(data) > self.limits.max_depth and self._may_nest_deeper(data):
+        if len(data) > self._max_depth and self._may_nest_deeper(data):
             problem = _limit_broken(value, self.limits, sizes=False)
             if problem is not None:
                 raise DecodeError(problem)

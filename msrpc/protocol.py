@@ -297,6 +297,20 @@ class RpcProtocol(Protocol):
     def send_ping(self) -> None:
         self._write(encode_frame(PING, _NONE, self.settings.serializer, 0))
 
+    def reply_ok(self, rid: int, ser: int, codec: Any, data: Any) -> None:
+        """The success reply of the server's hot path: ``codec`` is the one the request
+        was decoded with, and only a result that cannot be encoded takes ``reply``."""
+        try:
+            body = codec.encode({"code": 200, "msg": "", "data": data})
+        except EncodeError:
+            self.reply(rid, ser, 200, data)
+            return
+        if self._compression != _NONE and len(body) >= self._threshold:
+            self._send(RESPONSE, ser, rid, body)
+        else:
+            self._write(_pack_header(MAGIC, VERSION, HEADER_SIZE + len(body), RESPONSE, _NONE,
+                                     ser, rid) + body)
+
     def reply(self, rid: int, ser: int, code: int, data: Any = None, msg: str = "",
               details: Any = None) -> None:
         """Send a response; a result that cannot be encoded becomes a 500 instead."""

@@ -162,8 +162,9 @@ class Dispatcher:
             return
         request: Any  # a map from the peer: every field is checked below
         try:
+            codec = protocol._codecs[ser]
             if comp == _NO_COMPRESSION:
-                request = protocol._codecs[ser].decode(body)
+                request = codec.decode(body)
             else:
                 request = protocol.decode_body(comp, ser, body)
             service = request["service"]
@@ -220,7 +221,7 @@ class Dispatcher:
             self._handler_failed(protocol, rid, ser, method, Failure())
             return
         if result.__class__ in _PLAIN_RESULTS or not isinstance(result, _ASYNC_RESULTS):
-            protocol.reply(rid, ser, 200, result)
+            protocol.reply_ok(rid, ser, codec, result)
         else:
             deadline = (now + remaining / 1000.0  # type: ignore[operator]  # a number
                         if remaining is not None else None)

@@ -126,13 +126,14 @@ class FrameParser:
         need = HEADER_SIZE
         unpack = _unpack_header
         on_frame = self._on_frame
+        max_frame = self.max_frame
         while n - offset >= HEADER_SIZE:
             magic, version, length, mtype, comp, ser, rid = unpack(data, offset)
             if magic != MAGIC or version != VERSION or length < HEADER_SIZE:
                 check_header(magic, version, length)
-            if length > self.max_frame:
+            if length > max_frame:
                 raise FrameError(f"frame of {length} bytes exceeds the limit of "
-                                 f"{self.max_frame} bytes")
+                                 f"{max_frame} bytes")
             end = offset + length
             if end > n:
                 need = length
