@@ -89,3 +89,14 @@ class BaselineClientTests(TestCase):
             client.dataReceived(len(body).to_bytes(4, "big") + body)
         self.assertEqual(self.successResultOf(first), "a")
         self.assertEqual(self.successResultOf(second), "b")
+
+
+class PerCallTests(TestCase):
+    """``bench.percall`` measures completed round trips only, on both sides."""
+
+    def test_every_measurement_completes_its_calls(self) -> None:
+        from bench import percall
+        for _, baseline, ours in percall.SIDES:
+            for measure in (baseline, ours):
+                for batch in (1, 5):
+                    self.assertGreater(measure(batch, 3), 0.0)
