@@ -411,37 +411,38 @@ async def main(reactor: Any, args: argparse.Namespace, processes: Processes) -> 
 
 
 def run(argv: list[str]) -> int:
-    from twisted.internet import reactor
-
+    """Run under ``task.react``; the exit status of ``main``, or 130 if interrupted."""
     args = parse_args(argv)
     globalLogBeginner.beginLoggingTo([], redirectStandardIO=False)  # each run logs to a file
     processes = Processes()
-    status = [3]  # interrupted unless main finishes
-
-    async def go() -> None:
-        try:
-            status[0] = await main(reactor, args, processes)
-        except Exception:
-            if not processes.stopping:
-                traceback.print_exc()
-                status[0] = 2
-        finally:
-            if reactor.running:
-                reactor.stop()
+    finished = False
 
     def shutting_down() -> "defer.Deferred[None]":
         # Also on Ctrl-C or SIGTERM: stop every child before the reactor goes.
         processes.stopping = True
         return defer.Deferred.fromCoroutine(processes.stop_all())
 
-    reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
-    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(go()))
-    reactor.run()
-    if status[0] == 3:
-        print(f"chaos: interrupted; child processes stopped; logs in {processes.workdir}",
-              file=sys.stderr)
-        return 130
-    return status[0]
+    async def go(reactor: Any) -> None:
+        nonlocal finished
+        reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
+        try:
+            status = await main(reactor, args, processes)
+        except Exception:
+            if processes.stopping:
+                return  # interrupted: the error is the interruption's
+            traceback.print_exc()
+            status = 2
+        finished = True
+        raise SystemExit(status)
+
+    try:
+        task.react(lambda reactor: defer.Deferred.fromCoroutine(go(reactor)))
+    except SystemExit as exit:
+        if finished:
+            return int(exit.code or 0)
+    print(f"chaos: interrupted; child processes stopped; logs in {processes.workdir}",
+          file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":
