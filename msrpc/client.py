@@ -105,7 +105,7 @@ class Call(Deferred):  # type: ignore[type-arg]
     def succeeded(self, data: Any) -> None:
         self.done = True
         client = self.client
-        client._deadline_entries.pop(self, None)  # Deadlines.discard, minus a call
+        client._deadlines.discard(self)
         endpoint = self.endpoint
         if endpoint.strikes or endpoint.closing:  # type: ignore[union-attr]
             client._endpoint_answered(endpoint)  # type: ignore[arg-type]
@@ -204,7 +204,6 @@ class Client:
         self._views = self._resolver.views
         self._timeout_ms = int(timeout * 1000)
         self._deadlines: Deadlines[Call] = Deadlines(reactor, self._expired)
-        self._deadline_entries = self._deadlines.entries
         self._health = Health(reactor, self._resolver, ejection)
         self.stats: Counter[str] = Counter()
         self.closed = False

@@ -23,11 +23,6 @@ class Deadlines(Generic[K]):
     log = Logger()
     __slots__ = ("_clock", "_on_expire", "_entries", "_timer", "_timer_at")
 
-    @property
-    def entries(self) -> dict[K, float]:
-        """Key → deadline; hot paths may ``pop`` from it directly to discard a key."""
-        return self._entries
-
     def __init__(self, clock: IReactorTime, on_expire: Callable[[K], None]) -> None:
         self._clock = clock
         self._on_expire = on_expire

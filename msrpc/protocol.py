@@ -305,11 +305,7 @@ class RpcProtocol(Protocol):
         except EncodeError:
             self.reply(rid, ser, 200, data)
             return
-        if self._compression != _NONE and len(body) >= self._threshold:
-            self._send(RESPONSE, ser, rid, body)
-        else:
-            self._write(_pack_header(MAGIC, VERSION, HEADER_SIZE + len(body), RESPONSE, _NONE,
-                                     ser, rid) + body)
+        self._send(RESPONSE, ser, rid, body)
 
     def reply(self, rid: int, ser: int, code: int, data: Any = None, msg: str = "",
               details: Any = None) -> None:
@@ -327,11 +323,7 @@ class RpcProtocol(Protocol):
         except EncodeError as e:
             body = codec.encode({"code": 500, "msg": f"result could not be encoded: {e}",
                                  "data": None, "details": {"type": "EncodeError"}})
-        if self._compression != _NONE and len(body) >= self._threshold:
-            self._send(RESPONSE, ser, rid, body)
-        else:
-            self._write(_pack_header(MAGIC, VERSION, HEADER_SIZE + len(body), RESPONSE, _NONE,
-                                     ser, rid) + body)
+        self._send(RESPONSE, ser, rid, body)
 
 
 def _not_connected(data: bytes) -> None:
