@@ -255,7 +255,6 @@ class MsgpackCodec:
         self.limits = limits
         # Bodies no longer than every cap need no explicit limits (the common case).
         self._small = min(limits.max_str_len, limits.max_bin_len, limits.max_container_len)
-        self._max_depth = limits.max_depth
         # Reused for top-level encodes (cheaper than packb); nested ext payloads use packb
         # because a Packer is not re-entrant.
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True,
@@ -308,11 +307,7 @@ class MsgpackCodec:
     # -- decoding
     def decode(self, data: bytes) -> Any:
         try:
-            if len(data) <= self._small:  # the hot path, inlined from _unpack
-                value = msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3,
-                                        strict_map_key=False)
-            else:
-                value = self._unpack(data)
+            value = self._unpack(data)
         except DecodeError:
             raise
         except msgpack.ExtraData:
@@ -321,7 +316,7 @@ class MsgpackCodec:
             raise DecodeError("value nests too deeply") from None
         except Exception as e:  # FormatError, StackError, ValueError(limits), Unicode, ...
             raise DecodeError(f"malformed msgpack: {e}") from None
-        if len(data) > self._max_depth and self._may_nest_deeper(data):
+        if len(data) > self.limits.max_depth and self._may_nest_deeper(data):
             problem = _limit_broken(value, self.limits, sizes=False)
             if problem is not None:
                 raise DecodeError(problem)
@@ -455,7 +450,6 @@ class JsonCodec:
         self._small = min(limits.max_str_len, limits.max_bin_len, limits.max_container_len)
         self._encoder = json.JSONEncoder(default=self._default, separators=(",", ":"),
                                          ensure_ascii=False, allow_nan=True)
-        self._escaping = False
 
     def encode(self, obj: Any) -> bytes:
         try:
@@ -463,11 +457,7 @@ class JsonCodec:
             if '{"$' in text:
                 # A tag, or a user's dict that looks like one: encode again with such
                 # dicts escaped so they come back as dicts (rare; costs a second pass).
-                self._escaping = True
-                try:
-                    text = self._encoder.encode(_escape_dicts(obj))
-                finally:
-                    self._escaping = False
+                text = self._encoder.encode(_escape_dicts(obj))
             return text.encode("utf-8")
         except EncodeError:
             raise
@@ -480,9 +470,7 @@ class JsonCodec:
         if entry is not None:
             if entry.is_enum:
                 return {"$enum": entry.name, "$value": obj.value}
-            fields = entry.take_apart(obj)
-            return {"$type": entry.name,
-                    "$fields": _escape_dicts(fields) if self._escaping else fields}
+            return {"$type": entry.name, "$fields": _escape_dicts(entry.take_apart(obj))}
         if cls in (set, frozenset):
             return {"$set" if cls is set else "$frozenset": list(obj)}
         if cls in (bytes, bytearray, memoryview):

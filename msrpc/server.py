@@ -461,7 +461,6 @@ class Server(Service):
         self.ready: Deferred[Any] = Deferred()
         self._starting: Optional[Deferred[Any]] = None
         self._register_wait: Optional[Deferred[None]] = None
-        self._stopping = False
         for name, obj in (services or {}).items():
             self.add_service(name, obj)
 
@@ -483,11 +482,10 @@ class Server(Service):
             host, _, port_text = self.advertise.rpartition(":")
             port = int(port_text)
         return [ServiceInstance(service=name, host=host.strip("[]"), port=port,
-                                weight=self.weight, metadata=self._metadata_of(name))
+                                weight=self.weight,
+                                metadata=published_metadata(self.dispatcher, name,
+                                                            self.metadata))
                 for name in self.dispatcher.services]
-
-    def _metadata_of(self, service: str) -> dict[str, str]:
-        return published_metadata(self.dispatcher, service, self.metadata)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -515,7 +513,7 @@ class Server(Service):
             if not instances:
                 self.log.warn("not registering: cannot advertise {address}", address=address)
             for instance in instances:
-                if self._stopping:
+                if not self.running:  # stopped while registering
                     break
                 await self._register(self.registry, instance)
         return address
@@ -532,7 +530,7 @@ class Server(Service):
             except RegistryAuthError:
                 raise
             except RegistryError as e:
-                if self._stopping:
+                if not self.running:
                     return
                 self.log.warn("registering {service} in {registry} failed, retrying in "
                               "{delay:g}s: {error}", service=instance.service,
@@ -555,7 +553,6 @@ class Server(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        self._stopping = True
         if self._register_wait is not None:
             self._register_wait.cancel()
         if self._starting is not None and not self._starting.called:

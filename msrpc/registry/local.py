@@ -159,10 +159,14 @@ class Snapshot:
     """
 
     token: tuple[str, int]
-    valid_until: float
     instances: tuple[ServiceInstance, ...]
     #: When each instance's row expires, in the order of ``instances``.
     expires_at: tuple[float, ...] = ()
+
+    @property
+    def valid_until(self) -> float:
+        """The first expiry: from then on the snapshot may list a dead instance."""
+        return min(self.expires_at, default=math.inf)
 
 
 def _guarded(method: Callable[..., T]) -> Callable[..., T]:
@@ -310,7 +314,6 @@ class Store:
                 "WHERE service = ? AND expires_at > ? ORDER BY instance_id",
                 (service, now)).fetchall()
         return Snapshot(token=token,
-                        valid_until=min((row[-1] for row in rows), default=math.inf),
                         instances=tuple(self._instance(row) for row in rows),
                         expires_at=tuple(row[-1] for row in rows))
 
