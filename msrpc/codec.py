@@ -66,6 +66,11 @@ class Limits:
             if getattr(self, field.name) < 1:
                 raise ValueError(f"{field.name} must be positive")
 
+    @property
+    def smallest_length(self) -> int:
+        """A body no longer than this cannot hold anything too long: no length checks."""
+        return min(self.max_str_len, self.max_bin_len, self.max_container_len)
+
 
 DEFAULT_LIMITS = Limits()
 
@@ -253,8 +258,7 @@ class MsgpackCodec:
                  limits: Limits = DEFAULT_LIMITS) -> None:
         self.registry = registry
         self.limits = limits
-        # Bodies no longer than every cap need no explicit limits (the common case).
-        self._small = min(limits.max_str_len, limits.max_bin_len, limits.max_container_len)
+        self._small = limits.smallest_length  # the common case: no explicit caps
         # Reused for top-level encodes (cheaper than packb); nested ext payloads use packb
         # because a Packer is not re-entrant.
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True,
@@ -446,8 +450,7 @@ class JsonCodec:
                  limits: Limits = DEFAULT_LIMITS) -> None:
         self.registry = registry
         self.limits = limits
-        # A body no longer than every cap cannot hold anything longer than one: no size walk.
-        self._small = min(limits.max_str_len, limits.max_bin_len, limits.max_container_len)
+        self._small = limits.smallest_length  # the common case: no size walk
         self._encoder = json.JSONEncoder(default=self._default, separators=(",", ":"),
                                          ensure_ascii=False, allow_nan=True)
 
