@@ -11,15 +11,14 @@ import math
 from time import perf_counter
 from typing import Any
 
+from msrpc.loadgen import nearest_rank
+
 
 def percentile(ordered: list[float], p: float) -> float:
     """
     Nearest-rank percentile of an ascending list (0 < p <= 100).
     """
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
-    return ordered[rank - 1]
+    return nearest_rank(ordered, p) if ordered else math.nan
 
 
 class Recorder:

@@ -7,13 +7,19 @@ is what an operator sizing a deployment wants; ``bench/`` compares RPC systems i
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
+
+
+def nearest_rank(ordered: Sequence[float], p: float) -> float:
+    """The nearest-rank ``p`` percentile (0 < p <= 100) of a non-empty ascending sequence."""
+    return ordered[max(1, math.ceil(len(ordered) * p / 100)) - 1]
 
 
 @dataclass
@@ -30,11 +36,7 @@ class LoadResult:
 
     def percentile(self, p: float) -> float:
         """Nearest-rank percentile of the successful calls' latencies, in seconds."""
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        rank = max(1, -(-len(ordered) * p // 100))  # ceil, at least the first
-        return ordered[int(rank) - 1]
+        return nearest_rank(sorted(self.latencies), p) if self.latencies else 0.0
 
     def report(self) -> str:
         rate = self.calls / self.elapsed if self.elapsed > 0 else 0.0

@@ -12,7 +12,6 @@ Used by the process-level resilience tests and by ``scripts/chaos``.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -23,6 +22,7 @@ from twisted.internet import task
 from twisted.internet.task import LoopingCall
 
 from msrpc.client import Client
+from msrpc.loadgen import nearest_rank
 from msrpc.errors import (
     BadRequest, CallTimeout, ConnectError, ConnectionLost, DeadlineExceeded, NoInstances,
     NotFound, RateLimited, RemoteError, Unauthorized, Unavailable,
@@ -127,9 +127,7 @@ class Report:
 
     def percentile(self, p: float) -> float:
         latencies = sorted(o.latency for o in self.finished if o.latency is not None)
-        if not latencies:
-            return 0.0
-        return latencies[min(len(latencies) - 1, math.ceil(p / 100 * len(latencies)) - 1)]
+        return nearest_rank(latencies, p) if latencies else 0.0
 
     def problems(self) -> list[str]:
         """Why this run is not clean: lost, late, undocumented or idempotent failures."""
