@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import weakref
 from typing import Any, Callable, Coroutine, Generator, Iterable, Optional, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -60,10 +61,18 @@ def coroutine_runner(reactor: Any) -> CoroutineRunner:
     return run_as_task if is_asyncio_reactor(reactor) else Deferred.fromCoroutine
 
 
-def _futures(loop: asyncio.AbstractEventLoop) -> Any:
-    import txaio.aio
+_FUTURES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = \
+    weakref.WeakKeyDictionary()
 
-    return txaio.aio.with_config(loop=loop)
+
+def _futures(loop: asyncio.AbstractEventLoop) -> Any:
+    """txaio's asyncio API bound to ``loop`` (one per loop)."""
+    futures = _FUTURES.get(loop)
+    if futures is None:
+        import txaio.aio
+
+        futures = _FUTURES[loop] = txaio.aio.with_config(loop=loop)
+    return futures
 
 
 def wake_on(d: "Deferred[Any]", futures: Any) -> "asyncio.Future[None]":
