@@ -26,6 +26,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from msrpc import compress
+from msrpc.aio import coroutine_runner
 from msrpc.deadline import Deadlines
 from msrpc.errors import DecodeError, RegistryAuthError, RegistryError, RpcError
 from msrpc.limits import TokenBucket
@@ -494,8 +495,6 @@ class Server(Service):
         if self.tls is not None or is_tls_endpoint(listen):
             self.metadata.setdefault("tls", "1")  # clients must not talk to us in clear
         self.dispatcher = Dispatcher(reactor, limits, tokens, blocking=threads.blocking)
-        from msrpc.aio import coroutine_runner
-
         self.dispatcher.run_coroutine = coroutine_runner(reactor)
         self.thread_settings = threads
         self._thread_pool = thread_pool
