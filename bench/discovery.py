@@ -10,7 +10,8 @@ and SIGKILLs it, measuring:
 
 appear
     from the server's own "registered echo at ..." log line (timestamped to the
-    microsecond by ``precise_log``) to the first watch callback that lists it;
+    microsecond by ``precise_log``) to the first watch callback that lists it (slightly
+    negative when the watcher saw the registration before the server got to log it);
 graceful stop
     from the SIGTERM to the first callback without it (signal handling and the
     deregistration itself included);
@@ -263,18 +264,14 @@ class Bench:
 
     async def one_round(self, backend: Backend, watcher: Watcher, result: Result,
                         round_no: int) -> None:
-        daemon = await self.start(backend, watcher, result, f"{round_no}-graceful")
-        try:
-            result.graceful.samples.append(
-                await self.gone(backend, watcher, daemon, daemon.terminate))
-        finally:
-            await daemon.terminate()
-        daemon = await self.start(backend, watcher, result, f"{round_no}-killed")
-        try:
-            result.killed.samples.append(
-                await self.gone(backend, watcher, daemon, daemon.kill))
-        finally:
-            await daemon.kill()
+        for label, cell, how in (("graceful", result.graceful, "terminate"),
+                                 ("killed", result.killed, "kill")):
+            daemon = await self.start(backend, watcher, result, f"{round_no}-{label}")
+            stop = getattr(daemon, how)
+            try:
+                cell.samples.append(await self.gone(backend, watcher, daemon, stop))
+            finally:
+                await stop()  # already gone: returns at once
 
     # ------------------------------------------------------------------ all of them
 
