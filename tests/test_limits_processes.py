@@ -102,7 +102,7 @@ class ProcessLimitTests(TestCase):
         await flooding
         with self.assertRaises(Unavailable):
             await call
-        self.assertLessEqual(peak, LIMIT + DEFAULT_SLOTS + BACKLOG + 2,
+        self.assertLessEqual(peak, LIMIT + DEFAULT_SLOTS + BACKLOG + 5,
                              f"peak of {peak} descriptors over the baseline")
         # The kernel hands over the rest as their handshakes are retried; each is closed
         # within a second, and only the silent ones under the limit stay (idle timeout).
@@ -137,7 +137,7 @@ class ProcessLimitTests(TestCase):
         self.assertIn("peer stopped reading its replies for 3", log)
         self.assertNotIn("a frame stayed incomplete", log)
         self.assertGreaterEqual(took, 3.0)
-        self.assertLess(took, 3.0 + 2.0)  # two sweeps of 0.25 s and a busy machine
+        self.assertLess(took, 3.0 + 5.0)  # two sweeps of 0.25 s, and a busy machine
         await wait_for(reactor, lambda: open_descriptors(daemon.pid) <= baseline, 5.0,
                        "the slow reader's descriptor released")
 
