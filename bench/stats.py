@@ -8,7 +8,7 @@ with C{time.perf_counter()} around the call as the caller sees it.
 from __future__ import annotations
 
 import math
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Any
 
 from msrpc.loadgen import nearest_rank
@@ -45,8 +45,12 @@ class Recorder:
         self.errors = 0
         self.first_error: str | None = None
         self.hit_max_calls = False
+        #: Every call completed since start (warm-up and window), for CPU per call.
+        self.completed_total = 0
+        self.cpu_started = math.nan
 
     def start(self) -> None:
+        self.cpu_started = process_time()
         now = perf_counter()
         self.measure_from = now + self.warmup
         self.stop_at = self.measure_from + self.duration
@@ -68,6 +72,7 @@ class Recorder:
 
         @return: whether the slot should issue another call.
         """
+        self.completed_total += 1
         if t1 < self.measure_from:
             return True
         if t1 < self.stop_at:
@@ -105,4 +110,7 @@ class Recorder:
             "hit_max_calls": self.hit_max_calls,
             "errors": self.errors,
             "first_error": self.first_error,
+            # CPU of this process since start, and the calls it completed meanwhile.
+            "cpu_s": process_time() - self.cpu_started,
+            "calls_total": self.completed_total,
         }
