@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--payload", type=int, default=0)
     parser.add_argument("--kind", choices=("bytes", "str"), default="bytes")
     parser.add_argument("--compression", default="none")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="client: connections the calls are spread over")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="server: bind with SO_REUSEPORT (several servers, one port)")
     args = parser.parse_args(argv)
 
     _pin(args.cpu)
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench.systems import load_system
 
     workload.configure(args.payload, args.kind, args.compression)
+    workload.REUSE_PORT = args.reuse_port
     system = load_system(args.system)
     _check_supported(system, args.system, args.payload, args.compression)
     if args.role == "server":
@@ -100,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # default action: terminate
     signal.alarm(math.ceil(args.warmup + args.duration) + 60)
     rec = Recorder(args.warmup, args.duration, args.max_calls)
-    system.load(args.host, args.port, rec, args.concurrency)
+    extra = {"connections": args.connections} if args.connections > 1 else {}
+    system.load(args.host, args.port, rec, args.concurrency, **extra)
     signal.alarm(0)
     summary = rec.summary()
     summary.update(system=args.system, concurrency=args.concurrency)

@@ -14,8 +14,10 @@ shrink JSON or logs; random bytes would make compression pure cost.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 HOST = "127.0.0.1"
 COMPRESSIONS = ("none", "gzip", "zstd")
@@ -26,6 +28,11 @@ Payload = Union[bytes, str]
 
 _payload: Payload | None = None
 _compression = "none"
+#: Servers bind with SO_REUSEPORT, so that several processes serve one port
+#: (``bench.workers``); set by the worker.
+REUSE_PORT = False
+#: Environment variable: KiB a server hashes per call (``bench.workers --work-kib``).
+WORK_ENV = "BENCH_WORK_KIB"
 
 _WORDS = (
     "service instance registry lease watch balance deadline retry frame header body "
@@ -104,3 +111,15 @@ def is_echo(reply: Any, i: int) -> bool:
     """
     return type(reply) is dict and reply.get("id") == i and (
         _payload is None or reply.get("payload") == _payload)
+
+
+def work_kib() -> int:
+    """KiB of SHA-256 each server handler computes per call (0: none), so that servers
+    rather than the clients sharing their machine are the bottleneck."""
+    return int(os.environ.get(WORK_ENV, "0") or 0)
+
+
+def worker(kib: int) -> Callable[[], bytes]:
+    """The fixed work of one call: SHA-256 over ``kib`` KiB (about 2 to 4 µs a KiB)."""
+    data = b"w" * (kib * 1024)
+    return lambda: hashlib.sha256(data).digest()

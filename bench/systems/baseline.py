@@ -97,6 +97,17 @@ class EchoServer(_NoDelay):
         self.sendString(packb([request_id, obj]))
 
 
+class WorkingEchoServer(EchoServer):
+    """The echo after a fixed amount of work (``bench.workers --work-kib``)."""
+
+    work = staticmethod(workload.worker(0))
+
+    def stringReceived(self, data: bytes) -> None:
+        request_id, obj = unpackb(data)
+        self.work()
+        self.sendString(packb([request_id, obj]))
+
+
 class EchoClient(_NoDelay):
     def __init__(self) -> None:
         self._ids = count()
@@ -120,8 +131,17 @@ class EchoClient(_NoDelay):
 
 def listen(reactor: Any, host: str, port: int) -> Deferred[int]:
     use_compression(workload.compression())
-    endpoint = TCP4ServerEndpoint(reactor, port, interface=host)
-    d = endpoint.listen(Factory.forProtocol(EchoServer))
+    endpoint: Any = TCP4ServerEndpoint(reactor, port, interface=host)
+    if workload.REUSE_PORT:  # one of several processes on one port (bench.workers)
+        from msrpc.workers import WorkerEndpoint
+
+        endpoint = WorkerEndpoint(reactor, {"socket": "reuseport", "family": 2,
+                                            "host": host, "port": port, "backlog": 128})
+    server: type[EchoServer] = EchoServer
+    if workload.work_kib():
+        server = WorkingEchoServer
+        WorkingEchoServer.work = staticmethod(workload.worker(workload.work_kib()))
+    d = endpoint.listen(Factory.forProtocol(server))
     return d.addCallback(lambda p: p.getHost().port)
 
 

@@ -30,6 +30,17 @@ class Echo:
         return value
 
 
+class WorkingEcho:
+    """The echo after a fixed amount of work (``bench.workers --work-kib``)."""
+
+    def __init__(self) -> None:
+        self._work = workload.worker(workload.work_kib())
+
+    def echo(self, value: Any) -> Any:
+        self._work()
+        return value
+
+
 def listen(reactor: Any, host: str, port: int) -> Deferred[int]:
     server = Server(reactor, f"tcp:{port}:interface={host}", services={"echo": Echo()},
                     limits=ServerLimits(rate=50_000_000, burst=1_000_000),
