@@ -34,6 +34,7 @@ if __package__ in (None, ""):
     _root = str(Path(__file__).resolve().parent.parent)
     sys.path[:1] = [_root]
 
+from bench import reactors
 from bench.systems import DEFAULT
 from bench.workload import COMPRESSIONS, HOST, parse_size, size_label
 
@@ -372,8 +373,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="calls in flight on the one connection, comma list (default 1,64; "
                    "with --payload 1,16)")
     p.add_argument("--systems", default=None,
-                   help=f"comma list of bench/systems modules (default {','.join(DEFAULT)}; "
-                   f"with --payload {','.join(PAYLOAD_DEFAULT)})")
+                   help=f"comma list of bench/systems modules, each optionally NAME@REACTOR "
+                   f"({', '.join(reactors.INSTALLERS)}; e.g. msrpc@uvloop) "
+                   f"(default {','.join(DEFAULT)}; with --payload {','.join(PAYLOAD_DEFAULT)})")
     p.add_argument("--payload", default=None, metavar="SIZES",
                    help="echo a payload of each size instead of the small dict, comma "
                    "list: 1k,64k,1m; reports MB/s and CPU per MB")
@@ -416,8 +418,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.cases = [Case(c, size, kind, comp) for kind, size, comp, c
                   in product(kinds, sizes, compressions, args.concurrency)]
     for name in args.systems:
-        if not name.isidentifier() or find_spec(f"bench.systems.{name}") is None:
-            p.error(f"no system {name!r}: expected a module bench/systems/{name}.py")
+        system, reactor = reactors.split(name)
+        if not system.isidentifier() or find_spec(f"bench.systems.{system}") is None:
+            p.error(f"no system {system!r}: expected a module bench/systems/{system}.py")
+        if reactor is not None and reactor not in reactors.INSTALLERS:
+            p.error(f"no reactor {reactor!r}: choose one of {', '.join(reactors.INSTALLERS)}")
     if args.baseline not in args.systems:
         args.baseline = None
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or not args.systems:

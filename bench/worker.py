@@ -1,7 +1,7 @@
 """
 One benchmark process: a server or a client of one system.
 
-    python -m bench.worker server NAME [--port 0] [--cpu N]
+    python -m bench.worker server NAME[@REACTOR] [--port 0] [--cpu N]
         prints "READY <port>" on stdout once accepting, then serves until
         killed or until its stdin closes (the driver died).
     python -m bench.worker client NAME --port P --concurrency C
@@ -89,13 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.watch_stdin:
         _exit_when_stdin_closes()
 
-    from bench import workload
+    from bench import reactors, workload
     from bench.systems import load_system
 
+    name, reactor = reactors.split(args.system)
+    reactors.install(reactor)
     workload.configure(args.payload, args.kind, args.compression)
     workload.REUSE_PORT = args.reuse_port
-    system = load_system(args.system)
-    _check_supported(system, args.system, args.payload, args.compression)
+    system = load_system(name)
+    _check_supported(system, name, args.payload, args.compression)
     if args.role == "server":
         system.serve(args.host, args.port, _ready)
         return

@@ -29,11 +29,13 @@ from msrpc.registry.options import check_registry_options, make_registry, regist
 from msrpc.server import Server, ServerLimits, is_tls_endpoint
 from msrpc.stopping import SecondSignal, SequentialMultiService
 from msrpc.sweep import KeepaliveSettings
+from msrpc.threads import ThreadSettings
 from msrpc.tls import TLSFiles
 from msrpc.wire import DEFAULT_MAX_FRAME
 from msrpc.workers import (
     KILL_MARGIN, ListenAddress, Supervisor, WorkerEndpoint, WorkerPool, ignore_interrupts,
-    report_ready, reuse_port_spreads, stop_when_orphaned, worker_command, worker_spec,
+    reactor_name, report_ready, reuse_port_spreads, stop_when_orphaned, worker_command,
+    worker_spec,
 )
 
 
@@ -100,6 +102,11 @@ class ServerOptions(usage.Options):
          float],
         ["frame-timeout", None, 30.0, "Close peers whose frame stays incomplete this long.",
          float],
+        ["threads", None, ThreadSettings.size, "Threads running blocking handlers "
+                                               "(@expose(blocking=True), or all plain ones "
+                                               "with --blocking).", int],
+        ["thread-queue", None, ThreadSettings.queue, "Calls waiting for a handler thread "
+                                                     "before answering 503.", int],
         ["compression", None, "none", "Compress large replies: none, gzip, zstd."],
         ["timeout", None, 10.0, "Default call timeout of the shared client, seconds.",
          float],
@@ -119,6 +126,11 @@ class ServerOptions(usage.Options):
         ["workers", None, 1, "Server processes sharing the port, supervised and published "
                              "as one instance (0: one per CPU).", int],
     ] + registry_parameters()
+
+    optFlags = [
+        ["blocking", None, "Run every plain (non-async) handler on the handler threads, "
+                           "unless it says @expose(blocking=False)."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -244,8 +256,11 @@ class ServerOptions(usage.Options):
                 ListenAddress.parse(listen)
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
+        if self["threads"] < 1:
+            raise usage.UsageError("--threads must be >= 1 (blocking handlers need a thread)")
         for option in ("grace", "drain-timeout", "weight", "idle-timeout", "frame-timeout",
-                       "max-in-flight", "max-in-flight-per-connection", "max-connections"):
+                       "max-in-flight", "max-in-flight-per-connection", "max-connections",
+                       "thread-queue"):
             if self[option] < 0:
                 raise usage.UsageError(f"--{option} must be >= 0")
 
@@ -297,7 +312,8 @@ def make_supervisor(options: usage.Options, reactor: Any) -> IService:
     top = SequentialMultiService()
     registry = make_registry(reactor, options)
     pool = WorkerPool(reactor, ListenAddress.parse(options["listen"]),
-                      worker_command(options.argv, reactor),  # type: ignore[attr-defined]
+                      worker_command(options.argv,  # type: ignore[attr-defined]
+                                     reactor_name(options, reactor)),
                       options["workers"],
                       kill_timeout=options["drain-timeout"] + KILL_MARGIN,
                       reuse_port=reuse_port_spreads())
@@ -342,7 +358,10 @@ def make_server(options: usage.Options, reactor: Any,
                     grace=options["grace"], drain_timeout=options["drain-timeout"],
                     tokens=options["tokens"],
                     tls=TLSFiles(options["tls-client-ca"], options["tls-cert"],
-                                 options["tls-key"]))
+                                 options["tls-key"]),
+                    threads=ThreadSettings(size=options["threads"],
+                                           queue=options["thread-queue"],
+                                           blocking=bool(options["blocking"])))
     services = options["services"]
     if not services:
         from msrpc.demo import default_services

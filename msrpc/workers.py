@@ -266,20 +266,24 @@ def _stop_if_running(reactor: Any) -> None:
 # ------------------------------------------------------------------------ the supervisor
 
 
-def worker_command(argv: Sequence[str], reactor: Any = None) -> list[str]:
+def worker_command(argv: Sequence[str], reactor_name: Optional[str] = None) -> list[str]:
     """``python -m twisted msrpc ARGV --workers=1``, with the supervisor's reactor, JSON
     logs on stdout (the supervisor relays them)."""
     command = [sys.executable, "-m", "twisted", "--log-format=json", "--log-file=-"]
-    name = reactor_name(reactor)
-    if name is not None:
-        command.append(f"--reactor={name}")
+    if reactor_name is not None:
+        command.append(f"--reactor={reactor_name}")
     return command + ["msrpc", *argv, "--workers=1"]
 
 
-def reactor_name(reactor: Any) -> Optional[str]:
-    """The short name (``epoll``, ``asyncio``...) of the installed reactor, if it has one."""
-    if reactor is None:
-        return None
+def reactor_name(options: Any, reactor: Any) -> Optional[str]:
+    """The short name (``epoll``, ``asyncio``, ``uvloop``...) of the reactor: the one
+    ``twistd --reactor`` or ``twist --reactor`` installed, else the installed reactor's."""
+    parent = getattr(options, "parent", None)
+    if parent is not None:
+        for key in ("reactor", "reactorName"):  # twistd's option, twist's
+            chosen = parent.get(key) if hasattr(parent, "get") else None
+            if isinstance(chosen, str):
+                return chosen
     module = type(reactor).__module__
     for installable in reactors.getReactorTypes():
         if getattr(installable, "moduleName", None) == module:

@@ -21,7 +21,8 @@ from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.static import StaticRegistry
 from msrpc.workers import (
     CONTROL_FD, RESTART_INITIAL, RESTART_MAX, SOCKET_FD, STABLE_AFTER, WORKER_ENV,
-    ListenAddress, Supervisor, WorkerEndpoint, WorkerPool, relay, worker_command,
+    ListenAddress, Supervisor, WorkerEndpoint, WorkerPool, reactor_name, relay,
+    worker_command,
 )
 
 
@@ -291,6 +292,21 @@ class CommandAndLogTests(TestCase):
         self.assertEqual(command[1:5], ["-m", "twisted", "--log-format=json", "--log-file=-"])
         self.assertEqual(command[command.index("msrpc"):],
                          ["msrpc", "--listen", "tcp:9112", "--workers", "4", "--workers=1"])
+
+    def test_workers_run_the_supervisors_reactor(self) -> None:
+        from twisted.internet.testing import MemoryReactor
+
+        class Parent(dict):
+            pass
+
+        class Options:
+            parent = Parent(reactor="uvloop")
+
+        self.assertEqual(reactor_name(Options(), MemoryReactor()), "uvloop")
+        Options.parent = Parent(reactorName="asyncio")  # twist's name for it
+        self.assertEqual(reactor_name(Options(), MemoryReactor()), "asyncio")
+        self.assertIn("--reactor=uvloop", worker_command([], "uvloop"))
+        self.assertEqual([a for a in worker_command([]) if a.startswith("--reactor")], [])
 
     def test_worker_log_events_keep_their_level_and_say_which_worker(self) -> None:
         from twisted.logger import Logger
