@@ -182,13 +182,14 @@ class RpcProtocol(Protocol):
         finally:
             if self.connected:
                 self._write = write = self.transport.write
-                if len(batch) == 1:
-                    write(batch[0])
-                elif self._apart:
-                    self._apart = False
-                    self.transport.writeSequence(batch)  # joined once, by the transport
-                elif batch:
-                    write(b"".join(batch))
+                if batch:
+                    if len(batch) == 1:
+                        write(batch[0])
+                    elif self._apart:
+                        self._apart = False
+                        self.transport.writeSequence(batch)  # joined once, by the transport
+                    else:
+                        write(b"".join(batch))
             else:
                 self._write = _not_connected
 
@@ -283,11 +284,13 @@ class RpcProtocol(Protocol):
 
     def _send(self, mtype: int, ser: int, rid: int, data: bytes) -> None:
         comp = _NONE
-        if self._compression != _NONE and len(data) >= self._threshold:
+        size = len(data)
+        if self._compression != _NONE and size >= self._threshold:
             comp = self._compression
             data = compress.compress(comp, data)
-        header = _pack_header(MAGIC, VERSION, HEADER_SIZE + len(data), mtype, comp, ser, rid)
-        if len(data) < WRITE_APART:
+            size = len(data)
+        header = _pack_header(MAGIC, VERSION, HEADER_SIZE + size, mtype, comp, ser, rid)
+        if size < WRITE_APART:
             self._write(header + data)
         else:
             self._write_apart(header, data)
@@ -310,12 +313,14 @@ class RpcProtocol(Protocol):
         rid = self._next_rid
         self._next_rid = rid + 1
         comp = _NONE
-        if self._compression != _NONE and len(data) >= self._threshold:
+        size = len(data)
+        if self._compression != _NONE and size >= self._threshold:
             comp = self._compression
             data = compress.compress(comp, data)
-        header = _pack_header(MAGIC, VERSION, HEADER_SIZE + len(data), REQUEST, comp,
+            size = len(data)
+        header = _pack_header(MAGIC, VERSION, HEADER_SIZE + size, REQUEST, comp,
                               self._serializer, rid)
-        if len(data) < WRITE_APART:
+        if size < WRITE_APART:
             self._write(header + data)
         else:
             self._write_apart(header, data)

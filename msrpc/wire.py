@@ -107,23 +107,22 @@ class FrameParser:
         return self._buffered
 
     def feed(self, data: bytes) -> None:
-        offset = 0
         if self._chunks:
             self._chunks.append(data)
             self._buffered += len(data)
             if self._buffered < self._need:
                 return
-            if self._header is None:
-                # The header itself was split: at most a header and this read to join.
-                data = b"".join(self._chunks)
-                self._chunks = []
-                self._buffered = 0
-            else:
+            if self._header is not None:
                 offset = self._complete(data)
-                if offset == len(data):
-                    return
+                if offset < len(data):
+                    self._feed_many(data, len(data), offset)
+                return
+            # The header itself was split: at most a header and this read to join.
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._buffered = 0
         n = len(data)
-        if n > HEADER_SIZE and not offset:
+        if n > HEADER_SIZE:
             # The common case at low concurrency: the read is exactly one frame.
             magic, version, length, mtype, comp, ser, rid = _unpack_header(data)
             if length == n and magic == MAGIC and version == VERSION and \
@@ -132,7 +131,7 @@ class FrameParser:
                 self._need = HEADER_SIZE
                 self._on_frame(mtype, comp, ser, rid, data[HEADER_SIZE:])
                 return
-        self._feed_many(data, n, offset)
+        self._feed_many(data, n, 0)
 
     def _complete(self, data: bytes) -> int:
         """The held frame ends in ``data``: deliver it; return where the rest starts."""
