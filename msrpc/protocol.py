@@ -116,6 +116,8 @@ class RpcProtocol(Protocol):
         #: Called once with this protocol when the connection is gone.
         self.on_lost: Optional[Callable[["RpcProtocol"], None]] = None
         self._paused = False
+        #: Incremented each time back-pressure pauses reading (the sweep's write timeout).
+        self.pauses = 0
         self._handshaking = False
         self._abort_timer: Any = None
 
@@ -133,18 +135,17 @@ class RpcProtocol(Protocol):
                     pass  # not TCP (a Unix socket): nothing to delay
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}".rstrip(":")
-        # Back-pressure (servers only): when our replies pile up unread, the transport
-        # pauses us and we stop reading that peer's requests until it drains (memory stays
-        # bounded).  A client never stops reading: replies are what frees its memory, and
-        # if both ends stopped reading while their writes piled up (large calls in
-        # flight both ways), neither would ever drain.  Over TLS only once the handshake
-        # is done: until then the TLS layer buffers our first writes and asks us to
-        # pause, and to stop reading then would stall the handshake.
-        if self.dispatcher is not None:
-            if ISSLTransport.providedBy(self.transport):
-                self._handshaking = True
-            else:
-                self.transport.registerProducer(self, True)
+        # Back-pressure: when what we wrote piles up unread, the transport pauses us.  A
+        # server then stops reading that peer's requests until it drains (memory stays
+        # bounded); a client only notes it (the sweep's write timeout) and keeps reading:
+        # replies are what frees its memory, and were both ends to stop reading while
+        # their writes piled up (large calls in flight both ways), neither would drain.
+        # Over TLS only once the handshake is done: until then the TLS layer buffers our
+        # first writes and asks us to pause, and to stop reading would stall it.
+        if ISSLTransport.providedBy(self.transport):
+            self._handshaking = True
+        else:
+            self.transport.registerProducer(self, True)
         if self.sweeper is not None:
             self.sweeper.add(self)
 
@@ -210,21 +211,24 @@ class RpcProtocol(Protocol):
 
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: TLS is up, back-pressure may pause reading from now on."""
-        if self._handshaking and self.connected:
-            self.transport.registerProducer(self, True)
         self._handshaking = False
+        if self.connected:
+            self.transport.registerProducer(self, True)
 
     # ------------------------------------------------------------------ IPushProducer
 
     def pauseProducing(self) -> None:
         if not self._paused and self.connected:
             self._paused = True
-            self.transport.pauseProducing()
+            self.pauses += 1
+            if self.dispatcher is not None:  # servers stop reading; clients read on
+                self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         if self._paused and self.connected:
             self._paused = False
-            self.transport.resumeProducing()
+            if self.dispatcher is not None:
+                self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         pass

@@ -211,12 +211,18 @@ class BackPressureTests(TestCase):
         protocol.resumeProducing()
         self.assertEqual(transport.producerState, "producing")
 
-    def test_client_never_stops_reading_replies(self) -> None:
+    def test_client_notes_its_requests_piling_up_but_never_stops_reading(self) -> None:
         # Were both ends to stop reading while their own writes pile up (large calls in
-        # flight both ways), neither would drain: a client reads whatever it has sent.
+        # flight both ways), neither would drain.  The pause only counts (write timeout).
         transport = StringTransport()
-        RpcProtocol(ProtocolSettings()).makeConnection(transport)
-        self.assertIsNone(transport.producer)
+        protocol = RpcProtocol(ProtocolSettings())
+        protocol.makeConnection(transport)
+        self.assertIs(transport.producer, protocol)
+        protocol.pauseProducing()
+        self.assertEqual((transport.producerState, protocol.paused, protocol.pauses),
+                         ("producing", True, 1))
+        protocol.resumeProducing()
+        self.assertEqual((transport.producerState, protocol.paused), ("producing", False))
 
 
 class _RecordedWrites(StringTransport):
