@@ -28,6 +28,7 @@ from msrpc.registry.options import check_registry_options, make_registry, regist
 from msrpc.server import Server, ServerLimits, is_tls_endpoint
 from msrpc.stopping import SecondSignal, SequentialMultiService
 from msrpc.sweep import KeepaliveSettings
+from msrpc.threads import ThreadSettings
 from msrpc.tls import TLSFiles
 from msrpc.wire import DEFAULT_MAX_FRAME
 
@@ -95,6 +96,11 @@ class ServerOptions(usage.Options):
          float],
         ["frame-timeout", None, 30.0, "Close peers whose frame stays incomplete this long.",
          float],
+        ["threads", None, ThreadSettings.size, "Threads running blocking handlers "
+                                               "(@expose(blocking=True), or all plain ones "
+                                               "with --blocking).", int],
+        ["thread-queue", None, ThreadSettings.queue, "Calls waiting for a handler thread "
+                                                     "before answering 503.", int],
         ["compression", None, "none", "Compress large replies: none, gzip, zstd."],
         ["timeout", None, 10.0, "Default call timeout of the shared client, seconds.",
          float],
@@ -112,6 +118,11 @@ class ServerOptions(usage.Options):
         ["call-tls-cert", None, None, "Client certificate of the shared client (PEM)."],
         ["call-tls-key", None, None, "Key of --call-tls-cert (PEM)."],
     ] + registry_parameters()
+
+    optFlags = [
+        ["blocking", None, "Run every plain (non-async) handler on the handler threads, "
+                           "unless it says @expose(blocking=False)."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -222,8 +233,11 @@ class ServerOptions(usage.Options):
                                            f"from 1 to 65535, got {self['advertise']!r}")
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be > 0")
+        if self["threads"] < 1:
+            raise usage.UsageError("--threads must be >= 1 (blocking handlers need a thread)")
         for option in ("grace", "drain-timeout", "weight", "idle-timeout", "frame-timeout",
-                       "max-in-flight", "max-in-flight-per-connection", "max-connections"):
+                       "max-in-flight", "max-in-flight-per-connection", "max-connections",
+                       "thread-queue"):
             if self[option] < 0:
                 raise usage.UsageError(f"--{option} must be >= 0")
 
@@ -286,7 +300,10 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
                     grace=options["grace"], drain_timeout=options["drain-timeout"],
                     tokens=options["tokens"],
                     tls=TLSFiles(options["tls-client-ca"], options["tls-cert"],
-                                 options["tls-key"]))
+                                 options["tls-key"]),
+                    threads=ThreadSettings(size=options["threads"],
+                                           queue=options["thread-queue"],
+                                           blocking=bool(options["blocking"])))
     services = options["services"]
     if not services:
         from msrpc.demo import default_services
