@@ -26,7 +26,7 @@ from tests.servers.nacos import SHORT_TIMEOUTS, NacosServer, require_nacos, shar
 
 
 class NacosEndToEndTests(TestCase):
-    timeout = 180  # the first test waits for the shared Nacos to start
+    timeout = 300  # the first test waits for the shared Nacos to start
 
     def setUp(self) -> None:
         require_nacos()

@@ -50,7 +50,7 @@ def nacos_test(method: Callable[..., Awaitable[Any]]) -> Callable[..., defer.Def
 
 
 class NacosIntegrationTests(unittest.TestCase):
-    timeout = 180
+    timeout = 300
 
     def setUp(self) -> None:
         require_nacos()
@@ -278,16 +278,15 @@ class NacosIntegrationTests(unittest.TestCase):
         for change, wanted in (("registered", {port}), ("deregistered", set())):
             changed_at = reactor.seconds()
             await self.until(lambda: _true(seen[-1][1] == wanted),
-                             f"the {change} instance pushed to the watch", timeout=10)
-            seen_at = seen[-1][0]
-            pushed_at = watcher.push.receiver.last_received_at
-            assert pushed_at is not None
-            # Nacos pushes 0.5 s after a change (nacos.naming.push.pushTaskDelay); the
-            # watcher has it one HTTP round trip after the datagram
-            self.assertLess(seen_at - changed_at, 3.0)
-            self.assertLess(seen_at - pushed_at, 0.1)
+                             f"the {change} instance pushed to the watch", timeout=30)
+            # Nacos pushes 0.5 s after a change (nacos.naming.push.pushTaskDelay) and the
+            # watcher lists the service at once (bench/ measures how fast: this machine
+            # may be loaded); its polls, 60 s apart, cannot have found it
+            self.assertLess(seen[-1][0] - changed_at, 30.0)
             if change == "registered":
                 await registration.deregister()
+        self.assertEqual((watcher.stats["changes.pushed"], watcher.stats["changes.polled"]),
+                         (2, 0))
         self.assertTrue(watcher.push_working)
         self.assertGreaterEqual(watcher.push.receiver.received, 2)
 

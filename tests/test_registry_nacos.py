@@ -376,6 +376,15 @@ class CloseTests(NacosTestCase):
         self.clock.pump([5.0] * 3)
         self.assertEqual(len(self.fake.requests), before)
 
+    def test_close_cancels_a_request_still_in_flight(self) -> None:
+        registry = self.registry()
+        self.register(registry, svc(9001))
+        self.fake.hold_beats = True
+        self.clock.advance(5)  # a beat is now in flight, and stays so
+        self.successResultOf(registry.close())
+        self.assertEqual(registry._in_flight, set())
+        self.assertEqual(self.fake.instances, {})
+
     def test_close_succeeds_when_nacos_is_unreachable(self) -> None:
         registry = self.registry()
         self.register(registry, svc(9001))

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
@@ -276,8 +277,10 @@ class NacosRegistry:
         self.push_refresh = push_refresh
         self.ttl = ttl
         self.api = api
-        #: HTTP requests sent (for benchmarks and metrics).
-        self.requests = 0
+        #: Counters for benchmarks, tests and metrics: "requests" (HTTP requests sent),
+        #: "changes.pushed"/"changes.polled" (list changes found after a push / by a poll).
+        self.stats: Counter[str] = Counter()
+        self._in_flight: set[Deferred[Any]] = set()
         self.username = username or None
         self.__password = password
         self._token: Optional[str] = None
@@ -365,6 +368,7 @@ class NacosRegistry:
 
     def _changed(self, service: str, pushed: bool) -> None:
         """A poll found a change: if no push announces it soon, pushes are not arriving."""
+        self.stats["changes.pushed" if pushed else "changes.polled"] += 1
         if pushed or not self.push_working:
             return
         now = self.clock.seconds()
@@ -477,6 +481,8 @@ class NacosRegistry:
             if not ok:
                 log.warn("could not deregister {address} from nacos on close: {error}",
                          address=registration.instance.address, error=result.getErrorMessage())
+        for request in list(self._in_flight):  # e.g. a beat sent before close
+            request.cancel()
         if self._pool is not None:
             await self._pool.closeCachedConnections()
 
@@ -528,7 +534,7 @@ class NacosRegistry:
               headers: Mapping[str, str], form: bool) -> "Deferred[tuple[int, bytes]]":
         async def send() -> tuple[int, bytes]:
             where = {"data": dict(params)} if form else {"params": dict(params)}
-            self.requests += 1
+            self.stats["requests"] += 1
             response = await self._http.request(method, url, headers={
                 "User-Agent": USER_AGENT, **headers}, **where)
             body = await treq.content(response)
@@ -536,7 +542,13 @@ class NacosRegistry:
                 raise _NotServing(f"HTTP {response.code}: {nacos_message(body)[:200]}")
             return response.code, body
 
-        return with_timeout(Deferred.fromCoroutine(send()), self.timeout, self.clock)
+        d = with_timeout(Deferred.fromCoroutine(send()), self.timeout, self.clock)
+        self._in_flight.add(d)
+        return d.addBoth(self._landed, d)
+
+    def _landed(self, result: Any, request: "Deferred[Any]") -> Any:
+        self._in_flight.discard(request)
+        return result
 
     async def _access_token(self) -> str:
         """The current token: a login when there is none or its lifetime is nearly over."""
