@@ -11,7 +11,7 @@ import json
 import socket
 import types
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import msgpack
 from twisted.application.service import Service
@@ -29,6 +29,7 @@ from msrpc import compress
 from msrpc.deadline import Deadlines
 from msrpc.errors import DecodeError, RegistryAuthError, RegistryError, RpcError
 from msrpc.limits import TokenBucket
+from msrpc.observe import ICallObserver, combine, observed_protocol, registry_events
 from msrpc.protocol import ProtocolSettings, RpcProtocol
 from msrpc.registry.instance import IDEMPOTENT_KEY, ServiceInstance
 from msrpc.registry.interface import IRegistration, IRegistry
@@ -117,6 +118,8 @@ class Dispatcher:
         self._max_per_connection = limits.max_in_flight_per_connection or float("inf")
         self.in_flight = 0
         self.draining = False
+        #: Whether the server's connections are observed (``msrpc.observe``).
+        self.observing = False
         self._deadlines: Deadlines[_Running] = Deadlines(clock, self._expired)
         self._idle_waiters: list[Deferred[None]] = []
 
@@ -147,18 +150,18 @@ class Dispatcher:
                          body: bytes) -> None:
         # The hot path: every check is a local compare until something is wrong.
         if self.draining:
-            protocol.reply(rid, ser, 503, msg="server is shutting down")
+            protocol.refuse(rid, ser, 503, msg="server is shutting down")
             return
         now = self._seconds()
         if self.limiter is not None and not self.limiter.try_acquire(now):
-            protocol.reply(rid, ser, 700, msg="rate limited")
+            protocol.refuse(rid, ser, 700, msg="rate limited")
             return
         if (self.in_flight >= self._max_in_flight or
                 len(protocol.server_calls) >= self._max_per_connection):
-            protocol.reply(rid, ser, 503, msg="server overloaded: too many calls in flight")
+            protocol.refuse(rid, ser, 503, msg="server overloaded: too many calls in flight")
             return
         if self.tokens and not self._token_ok(protocol, comp, ser, body):
-            protocol.reply(rid, ser, 401, msg="missing or wrong auth token")
+            protocol.refuse(rid, ser, 401, msg="missing or wrong auth token")
             return
         request: Any  # a map from the peer: every field is checked below
         try:
@@ -171,49 +174,51 @@ class Dispatcher:
             name = request["method"]
             method = self.methods.get((service, name))
         except DecodeError as e:
-            protocol.reply(rid, ser, 400, msg=f"undecodable request: {e}")
+            protocol.refuse(rid, ser, 400, msg=f"undecodable request: {e}")
             return
         except KeyError as e:
             if e.args and e.args[0] == ser:
-                protocol.reply(rid, ser, 400, msg=f"unsupported serializer id {ser}")
+                protocol.refuse(rid, ser, 400, msg=f"unsupported serializer id {ser}")
             else:
-                protocol.reply(rid, ser, 400, msg="malformed request: needs service and "
-                                                  "method")
+                protocol.refuse(rid, ser, 400, msg="malformed request: needs service and "
+                                                   "method")
             return
         except (TypeError, AttributeError):
-            protocol.reply(rid, ser, 400, msg="malformed request: needs service and method")
+            protocol.refuse(rid, ser, 400, msg="malformed request: needs service and method")
             return
         if method is None:
-            protocol.reply(rid, ser, 404, msg=self._not_found(service, name))
+            protocol.refuse(rid, ser, 404, msg=self._not_found(service, name))
             return
         meta = request.get("meta")
+        if self.observing:
+            protocol.call_identified(rid, service, name, meta, now, len(body))
         remaining = meta.get("deadline") if meta.__class__ is dict else None
         # ``__class__ in`` is the cheap type test of the hot path; mypy cannot narrow it.
         if remaining is not None and not (remaining.__class__ in _NUMBERS
                                           and remaining > 0):  # type: ignore[operator]
-            protocol.reply(rid, ser, 408, msg="deadline exceeded before the call ran")
+            protocol.refuse(rid, ser, 408, msg="deadline exceeded before the call ran")
             return
         if method.limiter is not None and not method.limiter.try_acquire(now):
-            protocol.reply(rid, ser, 700, msg=f"rate limited: {service}.{name}")
+            protocol.refuse(rid, ser, 700, msg=f"rate limited: {service}.{name}")
             return
         args = request.get("args", _NO_ARGS)
         kwargs = request.get("kwargs")
         if args.__class__ is not list and not isinstance(args, (list, tuple)) or \
                 kwargs is not None and kwargs.__class__ is not dict:
-            protocol.reply(rid, ser, 400, msg="malformed request: args must be a list and "
-                                               "kwargs a map")
+            protocol.refuse(rid, ser, 400, msg="malformed request: args must be a list "
+                                                "and kwargs a map")
             return
         if method.checker is not None:
             problem = method.checker(args, kwargs or _NO_KWARGS)
             if problem is not None:
-                protocol.reply(rid, ser, 400, msg=f"{service}.{name}: {problem}")
+                protocol.refuse(rid, ser, 400, msg=f"{service}.{name}: {problem}")
                 return
         try:
             result = method.fn(*args, **kwargs) if kwargs else method.fn(*args)
         except TypeError as e:
             if e.__traceback__ is not None and e.__traceback__.tb_next is None:
                 # Raised by the call itself, not inside the handler: wrong arguments.
-                protocol.reply(rid, ser, 400, msg=f"{service}.{name}: {e}")
+                protocol.refuse(rid, ser, 400, msg=f"{service}.{name}: {e}")
             else:
                 self._handler_failed(protocol, rid, ser, method, Failure())
             return
@@ -314,6 +319,8 @@ class Dispatcher:
         if running is not None and running.deferred is not None:
             self._finish(running)  # the client no longer waits: send nothing
             running.deferred.cancel()
+            if self.observing:
+                protocol.call_cancelled(rid)
 
     def connection_lost(self, protocol: RpcProtocol) -> None:
         for running in list(protocol.server_calls.values()):
@@ -339,7 +346,7 @@ class _Refusing:
 
     def request_received(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
                          body: bytes) -> None:
-        protocol.reply(rid, ser, 503, msg="server has too many connections")
+        protocol.refuse(rid, ser, 503, msg="server has too many connections")
         protocol.transport.loseConnection()
 
     def cancel_received(self, protocol: RpcProtocol, rid: int) -> None:
@@ -359,6 +366,19 @@ class RpcServerFactory(Factory):
         self.sweeper = sweeper
         self.connections: set[RpcProtocol] = set()
         self._closed_waiters: list[Deferred[None]] = []
+        #: Set by ``observe``: connections are then ``ObservedProtocol``s.
+        self.observer: Optional[ICallObserver] = None
+
+    def observe(self, observer: Optional[ICallObserver]) -> None:
+        """Observe every call of connections made from now on (None: stop)."""
+        self.observer = observer
+        self.dispatcher.observing = observer is not None
+
+    def _protocol(self, dispatcher: Any) -> RpcProtocol:
+        if self.observer is None:
+            return RpcProtocol(self.settings, dispatcher, self.sweeper)
+        return observed_protocol(self.settings, dispatcher, self.sweeper, self.observer,
+                                 self.dispatcher.clock)
 
     def _lost(self, protocol: RpcProtocol) -> None:
         self.connections.discard(protocol)
@@ -382,10 +402,10 @@ class RpcServerFactory(Factory):
         if limit and len(self.connections) >= limit:
             log.warn("refusing calls from {addr}: {limit} connections already",
                      addr=addr, limit=limit)
-            refusing = RpcProtocol(self.settings, _Refusing(), self.sweeper)
+            refusing = self._protocol(_Refusing())
             refusing.factory = self
             return refusing
-        protocol = RpcProtocol(self.settings, self.dispatcher, self.sweeper)
+        protocol = self._protocol(self.dispatcher)
         protocol.factory = self
         protocol.on_lost = self._lost
         self.connections.add(protocol)
@@ -438,7 +458,8 @@ class Server(Service):
                  keepalive: KeepaliveSettings = SERVER_KEEPALIVE,
                  tokens: Optional[Iterable[str]] = None,
                  grace: float = 2.0, drain_timeout: float = 10.0,
-                 check_types: bool = True, tls: Optional[TLSFiles] = None) -> None:
+                 check_types: bool = True, tls: Optional[TLSFiles] = None,
+                 observers: Sequence[Any] = ()) -> None:
         self.reactor = reactor
         self.listen = listen
         self.registry = registry
@@ -455,6 +476,9 @@ class Server(Service):
         self.settings = settings or ProtocolSettings()
         self.sweeper = Sweeper(reactor, keepalive)
         self.factory = RpcServerFactory(self.dispatcher, self.settings, self.sweeper)
+        #: Metrics, tracing, access log... (``msrpc.observe``); None when there are none.
+        self.observer = combine(observers)
+        self.factory.observe(self.observer)
         self.port: Optional[IListeningPort] = None
         self.registrations: list[IRegistration] = []
         #: Fires with the listening address once listening and registered.
@@ -530,6 +554,9 @@ class Server(Service):
             except RegistryAuthError:
                 raise
             except RegistryError as e:
+                events = registry_events(registry)
+                if events is not None:
+                    events.error("register", e)
                 if not self.running:
                     return
                 self.log.warn("registering {service} in {registry} failed, retrying in "
@@ -562,6 +589,9 @@ class Server(Service):
             try:
                 await registration.deregister()
             except Exception as e:
+                events = registry_events(self.registry)
+                if events is not None:
+                    events.error("deregister", e)
                 self.log.warn("deregistering {service} failed: {error}",
                               service=registration.instance.service, error=e)
         if registrations and self.grace > 0:

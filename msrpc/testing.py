@@ -15,7 +15,7 @@ sockets and time is a ``Clock``, so tests are fast and deterministic::
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -25,6 +25,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 
 from msrpc.client import Client
+from msrpc.observe import combine
 from msrpc.protocol import RpcProtocol
 from msrpc.registry.instance import ServiceInstance, parse_address
 from msrpc.registry.static import StaticRegistry
@@ -43,6 +44,8 @@ class MemoryServer:
         self.port = port
         self.dispatcher = dispatcher
         self.factory = factory
+        #: Where its services are listed (the network's registry).
+        self.registry = network.registry
 
     @property
     def address(self) -> str:
@@ -76,7 +79,7 @@ class MemoryNetwork:
                limits: ServerLimits = ServerLimits(), tokens: Any = None,
                settings: Optional[ProtocolSettings] = None,
                keepalive: KeepaliveSettings = SERVER_KEEPALIVE, weight: float = 10.0,
-               register: bool = True) -> MemoryServer:
+               register: bool = True, observers: Sequence[Any] = ()) -> MemoryServer:
         """Serve ``services`` at ``address`` (default: a new one) and list them in
         ``self.registry``."""
         if address is None:
@@ -88,6 +91,7 @@ class MemoryNetwork:
             dispatcher.add_service(name, obj)
         factory = RpcServerFactory(dispatcher, settings or ProtocolSettings(),
                                    Sweeper(self.clock, keepalive))
+        factory.observe(combine(observers))
         self.listen(host, port, factory)
         if register:
             for name in services:

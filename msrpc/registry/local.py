@@ -40,6 +40,7 @@ from msrpc.errors import RegistryError
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import (IRegistration, IRegistry, IServiceCatalog, IWatch,
                                       WatchCallback)
+from msrpc.observe import RegistryEvents
 from msrpc.registry.polling import PollingWatch
 from msrpc.registry.registration import CallbackWatch, Registration
 
@@ -431,6 +432,7 @@ class _Heartbeat:
 
     def _beat_failed(self, failure: Any) -> None:
         # Never let the failure reach the LoopingCall: that would stop the beats for good.
+        self._registry.events.error("keepalive", failure.value)
         if not self._failing:
             self._failing = True
             self.log.warn("heartbeat of {service} at {address} failed, will keep trying: "
@@ -522,6 +524,8 @@ class LocalRegistry:
         self._watches: set[IWatch] = set()
         self._closing: Optional[Deferred[None]] = None
         self._closed = False
+        #: Errors and watch reconnects, for observers (``msrpc.observe``).
+        self.events = RegistryEvents(self.name)
 
     def call(self, fn: Callable[..., T], *args: Any) -> "Deferred[T]":
         """Run a blocking ``Store`` method on the executor (an error once it is gone)."""
@@ -572,7 +576,8 @@ class LocalRegistry:
     def watch(self, service: str, callback: WatchCallback) -> IWatch:
         if self._closing is not None:
             raise self._closed_error()
-        poll = PollingWatch(self.clock, _CachedLookup(self), service, callback, self.refresh)
+        poll = PollingWatch(self.clock, _CachedLookup(self), service, callback, self.refresh,
+                            self.events)
 
         def stopped() -> None:
             poll.stop()

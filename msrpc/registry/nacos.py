@@ -46,6 +46,7 @@ from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import (
     IRegistration, IRegistry, IServiceCatalog, IWatch, WatchCallback,
 )
+from msrpc.observe import RegistryEvents
 from msrpc.registry.polling import PollingWatch
 from msrpc.registry.registration import Registration
 
@@ -163,6 +164,7 @@ class _Beater:
                 log.info("re-registered {service} at {address} in nacos",
                          service=instance.service, address=instance.address)
         except RegistryError as e:
+            self._registry.events.error("keepalive", e)
             if not self._failing:
                 self._failing = True
                 log.warn("beat for {service} at {address} failed, will keep trying: {error}",
@@ -235,6 +237,8 @@ class NacosRegistry:
         self._login_lock = DeferredLock()
         self._registrations: list[tuple[Registration, _Beater]] = []
         self._watches: list[PollingWatch] = []
+        #: Errors and watch reconnects, for observers (``msrpc.observe``).
+        self.events = RegistryEvents(self.name)
 
     def __repr__(self) -> str:
         user = f" user={self.username}" if self.username else ""
@@ -270,7 +274,8 @@ class NacosRegistry:
         return Deferred.fromCoroutine(services())
 
     def watch(self, service: str, callback: WatchCallback) -> IWatch:
-        watch = PollingWatch(self.clock, self.lookup, service, callback, self.refresh)
+        watch = PollingWatch(self.clock, self.lookup, service, callback, self.refresh,
+                             self.events)
         self._watches.append(watch)
         return watch
 

@@ -10,6 +10,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from msrpc.observe import RegistryEvents
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import IWatch, WatchCallback
 
@@ -33,8 +34,10 @@ class PollingWatch:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, lookup: Lookup, service: str,
-                 callback: WatchCallback, interval: float) -> None:
+                 callback: WatchCallback, interval: float,
+                 events: Optional[RegistryEvents] = None) -> None:
         self._lookup = lookup
+        self._events = events
         self._service = service
         self._callback = callback
         self._last: Optional[tuple] = None
@@ -51,12 +54,16 @@ class PollingWatch:
         if self._failing:
             self._failing = False
             self.log.info("registry answers again for {service}", service=self._service)
+            if self._events is not None:
+                self._events.watch_reconnected(self._service)
         key = snapshot_key(instances)
         if key != self._last and self._loop.running:
             self._last = key
             self._callback(list(instances))
 
     def _failed(self, failure) -> None:
+        if self._events is not None:
+            self._events.error("watch", failure.value)
         if not self._failing:
             self._failing = True
             self.log.warn("lookup of {service} failed, keeping the last instance list: "
