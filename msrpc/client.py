@@ -25,7 +25,7 @@ from msrpc.balance import Balancer, make_balancer
 from msrpc.codec import SERIALIZERS, make_codecs
 from msrpc.deadline import Deadlines
 from msrpc.health import EjectionPolicy, Health
-from msrpc.observe import CANCELLED, CLIENT, combine
+from msrpc.observe import CANCELLED, CLIENT, client_events, combine
 from msrpc.errors import (
     CallTimeout, ConnectionLost, EncodeError, MsrpcError, NoInstances, Unavailable,
 )
@@ -262,7 +262,8 @@ class Client:
         #: Metrics, tracing... (``msrpc.observe``); None when there are none.
         self._observer = combine(observers)
         self._call_class = Call if self._observer is None else ObservedCall
-        self._health = Health(reactor, self._resolver, ejection, self._observer)
+        self._events = client_events(self._observer)
+        self._health = Health(reactor, self._resolver, ejection, self._events)
         self.stats: Counter[str] = Counter()
         self.closed = False
 
@@ -432,8 +433,8 @@ class Client:
                         call.tried = set()
                     call.tried.add(endpoint)
                 self.stats["retries"] += 1
-                if self._observer is not None:
-                    self._observer.call_retried(call.service, call.method, error)
+                if self._events is not None:
+                    self._events.call_retried(call.service, call.method, error)
                 call.retry_timer = self.reactor.callLater(delay, self._retry, call)
                 return
         self._finish_error(call, error)

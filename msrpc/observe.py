@@ -177,15 +177,19 @@ class Observers:
 
 
 def combine(observers: Sequence[Any]) -> Optional[Any]:
-    """One object telling all of ``observers`` (the observer itself when it is alone and
-    covers calls and client events), or None when there are none."""
+    """One object telling all of ``observers`` (the observer itself when it is alone: no
+    extra call per call), or None when there are none.  Check what it provides before
+    telling it client events (``client_events``)."""
     if not observers:
         return None
-    if len(observers) == 1:
-        [only] = observers
-        if ICallObserver.providedBy(only) and IClientObserver.providedBy(only):
-            return only
+    if len(observers) == 1 and ICallObserver.providedBy(observers[0]):
+        return observers[0]
     return Observers(observers)
+
+
+def client_events(observer: Any) -> Optional[IClientObserver]:
+    """``observer`` if it wants to hear about retries and ejections, else None."""
+    return observer if observer is not None and IClientObserver.providedBy(observer) else None
 
 
 # --------------------------------------------------------------------------- server side

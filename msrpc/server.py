@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from msrpc import compress
 from msrpc.deadline import Deadlines
 from msrpc.errors import DecodeError, RegistryAuthError, RegistryError, RpcError
+from msrpc.healthcheck import HEALTH_SERVICE, HealthService
 from msrpc.limits import TokenBucket
 from msrpc.observe import ICallObserver, combine, observed_protocol, registry_events
 from msrpc.protocol import ProtocolSettings, RpcProtocol
@@ -459,7 +460,7 @@ class Server(Service):
                  tokens: Optional[Iterable[str]] = None,
                  grace: float = 2.0, drain_timeout: float = 10.0,
                  check_types: bool = True, tls: Optional[TLSFiles] = None,
-                 observers: Sequence[Any] = ()) -> None:
+                 observers: Sequence[Any] = (), health: bool = True) -> None:
         self.reactor = reactor
         self.listen = listen
         self.registry = registry
@@ -484,7 +485,13 @@ class Server(Service):
         #: Fires with the listening address once listening and registered.
         self.ready: Deferred[Any] = Deferred()
         self._starting: Optional[Deferred[Any]] = None
+        self._stopping: Optional[Deferred[None]] = None
         self._register_wait: Optional[Deferred[None]] = None
+        #: ``msrpc.health`` (``msrpc.healthcheck``): served, never registered.
+        self.health: Optional[HealthService] = None
+        if health:
+            self.health = HealthService(reactor, self._serving, self._served)
+            self.dispatcher.add_service(HEALTH_SERVICE, self.health, check_types)
         for name, obj in (services or {}).items():
             self.add_service(name, obj)
 
@@ -509,7 +516,40 @@ class Server(Service):
                                 weight=self.weight,
                                 metadata=published_metadata(self.dispatcher, name,
                                                             self.metadata))
-                for name in self.dispatcher.services]
+                for name in self._served()]
+
+    def _served(self) -> list[str]:
+        """The services this server publishes (all but its own health service)."""
+        return [name for name in self.dispatcher.services if name != HEALTH_SERVICE]
+
+    def _serving(self) -> bool:
+        return bool(self.running) and not self.dispatcher.draining
+
+    def readiness(self) -> list[str]:
+        """Why the server should get no new traffic now; empty when it should.  It is
+        ready once it listens and is registered, and no longer from the moment a stop
+        begins (before it deregisters), so a readiness probe takes it out first."""
+        if not self.running:
+            return ["draining"] if self.port is not None else ["not started"]
+        if self.port is None:
+            return ["not listening"]
+        if self.registry is not None and not self.ready.called:
+            return ["not registered"]
+        return []
+
+    def when_stopped(self) -> "Deferred[None]":
+        """Fires once a stop in progress has finished (at once when none is)."""
+        stopping = self._stopping
+        if stopping is None or stopping.called:
+            return defer.succeed(None)
+        done: Deferred[None] = Deferred()
+
+        def fire(result: Any) -> Any:
+            done.callback(None)
+            return result
+
+        stopping.addBoth(fire)
+        return done
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -517,6 +557,8 @@ class Server(Service):
         Service.startService(self)
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self.ready.callback, self._start_failed)
+        if self.health is not None:
+            self.health.changed()
 
     def _start_failed(self, failure: Failure) -> None:
         self.log.failure("msrpc server failed to start on {listen}", failure,
@@ -531,7 +573,7 @@ class Server(Service):
         self.port = await endpoint.listen(factory)
         address = self.port.getHost()
         self.log.info("msrpc serving {services} on {address}",
-                      services=", ".join(sorted(self.dispatcher.services)), address=address)
+                      services=", ".join(sorted(self._served())), address=address)
         if self.registry is not None:
             instances = self.instances()
             if not instances:
@@ -577,7 +619,10 @@ class Server(Service):
 
     def stopService(self) -> "Deferred[None]":
         Service.stopService(self)
-        return Deferred.fromCoroutine(self._stop())
+        if self.health is not None:
+            self.health.changed()  # NOT_SERVING from now on: watchers hear it at once
+        self._stopping = Deferred.fromCoroutine(self._stop())
+        return self._stopping
 
     async def _stop(self) -> None:
         if self._register_wait is not None:
@@ -599,6 +644,8 @@ class Server(Service):
         if self.port is not None:
             await defer.maybeDeferred(self.port.stopListening)
         self.dispatcher.draining = True
+        if self.health is not None:
+            self.health.stop()  # long-polling watchers must not hold the drain up
         if self.dispatcher.in_flight:
             idle = self.dispatcher.when_idle()
             idle.addTimeout(self.drain_timeout, self.reactor)

@@ -9,10 +9,12 @@ With no ``--service`` the built-in demo services (echo, arith) are served.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 from typing import Any, Callable, Optional
 
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import usage
 
@@ -109,7 +111,24 @@ class ServerOptions(usage.Options):
         ["call-tls-ca", None, None, "The shared client calls over TLS, verifying with this CA."],
         ["call-tls-cert", None, None, "Client certificate of the shared client (PEM)."],
         ["call-tls-key", None, None, "Key of --call-tls-cert (PEM)."],
+        ["admin", None, None, "Serve /metrics, /healthz, /readyz and /instances over HTTP "
+                              "on this endpoint, e.g. tcp:9465:interface=127.0.0.1 (never "
+                              "expose it publicly)."],
+        ["trace", None, "off", "Trace context: off, w3c (carry traceparent from each "
+                               "request to the calls its handler makes) or otel "
+                               "(OpenTelemetry spans; needs msrpc[otel])."],
+        ["otlp-endpoint", None, None, "Export spans over OTLP/HTTP to this collector URL, "
+                                      "e.g. http://127.0.0.1:4318 (implies --trace otel; "
+                                      "needs msrpc[otlp])."],
+        ["otel-service-name", None, "msrpc", "service.name of the exported spans."],
     ] + registry_parameters()
+
+    optFlags = [
+        ["no-metrics", None, "No Prometheus metrics, even with --admin and "
+                             "prometheus_client installed."],
+        ["access-log", None, "Log one structured event per call (service, method, code, "
+                             "duration, peer, bytes)."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -184,21 +203,101 @@ class ServerOptions(usage.Options):
             compress.parse_name(self["compression"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["otlp-endpoint"]:
+            self["trace"] = "otel"
+        if self["trace"] not in TRACE_MODES:
+            raise usage.UsageError(f"--trace must be one of {', '.join(TRACE_MODES)}")
+        for extra, module in required_extras(self):
+            if importlib.util.find_spec(module) is None:
+                raise usage.UsageError(f"{extra} needs {module}: pip install 'msrpc[{extra}]'")
 
 
 Options = ServerOptions
 
+TRACE_MODES = ("off", "w3c", "otel")
+
+
+def required_extras(options: usage.Options) -> list[tuple[str, str]]:
+    """(extra, module) pairs the options cannot work without."""
+    needed = []
+    if options["trace"] == "otel":
+        needed.append(("otel", "opentelemetry.trace"))
+    if options["otlp-endpoint"]:
+        needed.append(("otlp", "opentelemetry.exporter.otlp.proto.http"))
+    return needed
+
+
+def metrics_wanted(options: usage.Options) -> bool:
+    """Metrics are on with --admin (unless --no-metrics) when prometheus_client is
+    installed; without it /metrics says how to get it, and nothing is imported."""
+    return bool(options["admin"]) and not options["no-metrics"] and \
+        importlib.util.find_spec("prometheus_client") is not None
+
 
 class Closing(Service):
-    """A service whose only job is to run ``close()`` when the application stops."""
+    """
+    A service whose only job is to run ``close()`` when the application stops, once
+    ``after()`` has fired (the server's drain: in-flight handlers may still call others).
+    """
 
-    def __init__(self, name: str, close: Callable[[], Optional[Deferred[Any]]]) -> None:
+    def __init__(self, name: str, close: Callable[[], Optional[Deferred[Any]]],
+                 after: Optional[Callable[[], Deferred[Any]]] = None) -> None:
         self.setName(name)
         self._close = close
+        self._after = after
 
     def stopService(self) -> Deferred[Any]:
         Service.stopService(self)
-        return maybeDeferred(self._close)
+        if self._after is None:
+            return maybeDeferred(self._close)
+        return self._after().addCallback(lambda _: self._close())
+
+
+class Observers:
+    """What ``--admin``, ``--trace`` and ``--access-log`` install on server and client."""
+
+    def __init__(self, reactor: Any, options: usage.Options) -> None:
+        self.metrics: Any = None
+        self.server: list[Any] = []
+        self.client: list[Any] = []
+        self.tracer_provider: Any = None
+        if metrics_wanted(options):
+            from msrpc.metrics import Metrics
+
+            self.metrics = Metrics.process_wide()
+            self.server.append(self.metrics)
+            self.client.append(self.metrics)
+        if options["trace"] == "w3c":
+            from msrpc.tracecontext import TraceContextPropagation
+
+            propagation = TraceContextPropagation()
+            self.server.append(propagation)
+            self.client.append(propagation)
+        elif options["trace"] == "otel":
+            from msrpc.tracing import OpenTelemetryTracing, otlp_tracer_provider
+
+            if options["otlp-endpoint"]:
+                from opentelemetry import trace
+
+                self.tracer_provider = otlp_tracer_provider(options["otlp-endpoint"],
+                                                            options["otel-service-name"])
+                trace.set_tracer_provider(self.tracer_provider)
+            tracing = OpenTelemetryTracing(self.tracer_provider)
+            self.server.append(tracing)
+            self.client.append(tracing)
+        if options["access-log"]:
+            from msrpc.accesslog import AccessLog
+
+            self.server.append(AccessLog())
+
+    def flush(self, reactor: Any) -> "Deferred[Any]":
+        """Export the spans still buffered (in a thread: the exporter blocks)."""
+        from twisted.internet import threads
+
+        if self.tracer_provider is None:
+            return defer.succeed(None)
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(),
+                                         self.tracer_provider.shutdown)
 
 
 def protocol_settings(options: usage.Options) -> ProtocolSettings:
@@ -224,12 +323,14 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
         reactor = default_reactor
     top = MultiService()
     registry = make_registry(reactor, options)
+    observers = Observers(reactor, options)
     client = Client(reactor, registry, timeout=options["timeout"], token=options["call-token"],
                     balancer=options["balancers"] or "weighted_random",
                     idempotent=options["idempotent"],
                     retry=RetryPolicy(max_attempts=options["retries"] + 1),
                     tls=TLSFiles(options["call-tls-ca"], options["call-tls-cert"],
-                                 options["call-tls-key"]))
+                                 options["call-tls-key"]),
+                    observers=observers.client)
     rate = options["rate"] or (0.0, None)
     limits = ServerLimits(max_in_flight=options["max-in-flight"],
                           max_in_flight_per_connection=options["max-in-flight-per-connection"],
@@ -244,7 +345,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
                     grace=options["grace"], drain_timeout=options["drain-timeout"],
                     tokens=options["tokens"],
                     tls=TLSFiles(options["tls-client-ca"], options["tls-cert"],
-                                 options["tls-key"]))
+                                 options["tls-key"]),
+                    observers=observers.server)
     services = options["services"]
     if not services:
         from msrpc.demo import default_services
@@ -259,10 +361,23 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
             server.dispatcher.limit_method(service, method, rate_value, burst)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-    # Stopped in reverse order: the server deregisters and drains first, then the shared
-    # client closes, then the registry (its own close deregisters anything left).
-    Closing("registry", registry.close).setServiceParent(top)
-    Closing("client", client.close).setServiceParent(top)
+    if observers.metrics is not None:
+        observers.metrics.watch_server(server)
+        observers.metrics.watch_client(client)
+    if options["admin"]:
+        from msrpc.admin import AdminService
+
+        admin = AdminService(reactor, options["admin"], server=server, client=client,
+                             metrics=observers.metrics)
+        admin.setName("admin")
+        admin.setServiceParent(top)
+        top.admin = admin  # type: ignore[attr-defined]
+    # The server deregisters and drains first; then the shared client closes (handlers
+    # may call others until the drain ends), then the registry (its own close
+    # deregisters anything left), and the admin endpoint and span exporter go last.
+    Closing("spans", lambda: observers.flush(reactor), server.when_stopped).setServiceParent(top)
+    Closing("registry", registry.close, server.when_stopped).setServiceParent(top)
+    Closing("client", client.close, server.when_stopped).setServiceParent(top)
     server.setName("server")
     server.setServiceParent(top)
     server.ready.addErrback(_stop_reactor, reactor)

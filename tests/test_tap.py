@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.application.service import IService, IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from msrpc import tap
@@ -61,7 +62,8 @@ class ServiceTreeTests(TestCase):
 
     def test_demo_services_are_served_by_default(self) -> None:
         top = self.make()
-        self.assertEqual(sorted(top.server.dispatcher.services), ["arith", "echo"])
+        self.assertEqual(sorted(top.server.dispatcher.services),
+                         ["arith", "echo", "msrpc.health"])
         self.assertIsInstance(top.server.dispatcher.services["echo"], Echo)
         self.assertIsInstance(top.server.dispatcher.services["arith"], Arith)
 
@@ -80,9 +82,19 @@ class ServiceTreeTests(TestCase):
     def test_stop_order_is_server_then_client_then_registry(self) -> None:
         top = self.make()
         names = [s.name for s in top]
-        self.assertEqual(names, ["registry", "client", "server"])  # stopped in reverse
+        self.assertEqual(names, ["spans", "registry", "client", "server"])
         self.assertTrue(IService.providedBy(top.server))
         self.assertIsInstance(top.registry, StaticRegistry)
+
+    def test_closing_waits_for_the_server_to_have_drained(self) -> None:
+        drained: defer.Deferred[None] = defer.Deferred()
+        closed: list[str] = []
+        closing = tap.Closing("client", lambda: closed.append("client"), lambda: drained)
+        stopped = closing.stopService()
+        self.assertEqual(closed, [])  # handlers may still call others meanwhile
+        drained.callback(None)
+        self.assertEqual(closed, ["client"])
+        self.successResultOf(stopped)
 
     def test_limits_and_settings_reach_the_server(self) -> None:
         top = self.make("--max-in-flight", "7", "--max-frame", "4096", "--rate", "10",
@@ -108,3 +120,51 @@ class ServiceTreeTests(TestCase):
         top = tap.makeService(parse("--registry", "static", "--listen", "tcp:0"), reactor)
         top.server.ready.errback(OSError("address in use"))
         self.assertTrue(reactor.hasStopped)
+
+
+class OperationsOptionTests(TestCase):
+    """--admin, --trace, --otlp-endpoint, --access-log: what each installs."""
+
+    def make(self, *argv: str) -> IServiceCollection:
+        options = parse("--registry", "static", "--listen", "tcp:0", *argv)
+        return tap.makeService(options, MemoryReactorClock())
+
+    def test_nothing_observes_by_default(self) -> None:
+        top = self.make()
+        self.assertIsNone(top.server.observer)
+        self.assertIsNone(top.client._observer)
+        self.assertFalse(hasattr(top, "admin"))
+
+    def test_admin_serves_metrics_of_server_and_client(self) -> None:
+        from msrpc.admin import AdminService
+        from msrpc.metrics import Metrics
+
+        top = self.make("--admin", "tcp:0:interface=127.0.0.1")
+        self.assertIsInstance(top.admin, AdminService)
+        self.assertEqual([s.name for s in top][0], "admin")  # stopped last
+        self.assertIsInstance(top.server.observer, Metrics)
+        self.assertIs(top.client._observer, top.server.observer)
+
+    def test_no_metrics_keeps_the_admin_endpoint_without_them(self) -> None:
+        top = self.make("--admin", "tcp:0", "--no-metrics")
+        self.assertIsNone(top.server.observer)
+
+    def test_trace_modes(self) -> None:
+        from msrpc.tracecontext import TraceContextPropagation
+        from msrpc.tracing import OpenTelemetryTracing
+
+        self.assertIsInstance(self.make("--trace", "w3c").server.observer,
+                              TraceContextPropagation)
+        self.assertIsInstance(self.make("--trace", "otel").client._observer,
+                              OpenTelemetryTracing)
+        self.assertRaises(usage.UsageError, parse, "--trace", "zipkin")
+
+    def test_an_otlp_endpoint_implies_otel(self) -> None:
+        self.assertEqual(parse("--otlp-endpoint", "http://127.0.0.1:4318")["trace"], "otel")
+
+    def test_access_log_observes_the_server_only(self) -> None:
+        from msrpc.accesslog import AccessLog
+
+        top = self.make("--access-log")
+        self.assertIsInstance(top.server.observer, AccessLog)
+        self.assertIsNone(top.client._observer)
