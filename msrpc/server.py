@@ -11,7 +11,7 @@ import json
 import socket
 import types
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import msgpack
 from twisted.application.service import Service
@@ -36,6 +36,7 @@ from msrpc.registry.instance import IDEMPOTENT_KEY, ServiceInstance
 from msrpc.registry.interface import IRegistration, IRegistry
 from msrpc.service import Method, methods_of
 from msrpc.sweep import SERVER_KEEPALIVE, KeepaliveSettings, Sweeper
+from msrpc.threads import Pool, ThreadSettings, Threads
 from msrpc.tls import TLSFiles, server_options
 from msrpc.wire import Serializer
 
@@ -105,9 +106,17 @@ class Dispatcher:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, limits: ServerLimits = ServerLimits(),
-                 tokens: Optional[Iterable[str]] = None) -> None:
+                 tokens: Optional[Iterable[str]] = None,
+                 threads: Optional[Threads] = None, blocking: bool = False) -> None:
         self.clock = clock
         self.limits = limits
+        #: Runs the methods marked blocking (``msrpc.threads``); ``blocking`` is the
+        #: default for plain handlers that do not say.
+        self.threads = threads
+        self.blocking = blocking
+        #: How ``async def`` handlers run: ``Deferred.fromCoroutine``, or as asyncio tasks
+        #: under an asyncio reactor (``msrpc.aio.coroutine_runner``).
+        self.run_coroutine: Callable[[Any], Deferred[Any]] = Deferred.fromCoroutine
         self.methods: dict[tuple[str, str], Method] = {}
         self.services: dict[str, Any] = {}
         self.limiter: Optional[TokenBucket] = (
@@ -129,7 +138,7 @@ class Dispatcher:
     def add_service(self, name: str, obj: Any, check_types: bool = True) -> None:
         if name in self.services:
             raise ValueError(f"service {name!r} is already registered")
-        found = methods_of(name, obj, check_types)
+        found = methods_of(name, obj, check_types, self.blocking)
         if not found:
             raise ValueError(f"service {name!r} has no public methods")
         self.services[name] = obj
@@ -214,6 +223,9 @@ class Dispatcher:
             if problem is not None:
                 protocol.refuse(rid, ser, 400, msg=f"{service}.{name}: {problem}")
                 return
+        if method.blocking:
+            self._run_on_thread(protocol, rid, ser, method, args, kwargs, now, remaining)
+            return
         try:
             result = method.fn(*args, **kwargs) if kwargs else method.fn(*args)
         except TypeError as e:
@@ -232,6 +244,21 @@ class Dispatcher:
             deadline = (now + remaining / 1000.0  # type: ignore[operator]  # a number
                         if remaining is not None else None)
             self._track(protocol, rid, ser, method, result, deadline)
+
+    def _run_on_thread(self, protocol: RpcProtocol, rid: int, ser: int, method: Method,
+                       args: Any, kwargs: Any, now: float, remaining: Any) -> None:
+        threads = self.threads
+        if threads is None:
+            protocol.reply(rid, ser, 503, msg="server has no handler threads (not started)")
+            return
+        d = threads.submit(method.fn, args, kwargs or _NO_KWARGS,
+                           f"{method.service}.{method.name}")
+        if d is None:
+            protocol.reply(rid, ser, 503, msg="server overloaded: every handler thread is "
+                                              "busy and the thread queue is full")
+            return
+        self._track(protocol, rid, ser, method, d,
+                    now + remaining / 1000.0 if remaining is not None else None)
 
     def _token_ok(self, protocol: RpcProtocol, comp: int, ser: int, body: bytes) -> bool:
         """Read only the request's meta (never its arguments) and check the token."""
@@ -269,7 +296,7 @@ class Dispatcher:
     def _track(self, protocol: RpcProtocol, rid: int, ser: int, method: Method, result: Any,
                deadline: Optional[float]) -> None:
         running = _Running(protocol, rid, ser, method)
-        d = result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
+        d = result if isinstance(result, Deferred) else self.run_coroutine(result)
         running.deferred = d
         protocol.server_calls[rid] = running
         self.in_flight += 1
@@ -328,6 +355,11 @@ class Dispatcher:
             self._finish(running)
             if running.deferred is not None:
                 running.deferred.cancel()
+
+    def close(self) -> None:
+        """Drop the deadline timer once every connection is gone (a stopped server leaves
+        no timer behind)."""
+        self._deadlines.clear()
 
     def when_idle(self) -> "Deferred[None]":
         """Fires once no call is in flight (now, if none is)."""
@@ -413,6 +445,11 @@ class RpcServerFactory(Factory):
         return protocol
 
 
+def is_tls_endpoint(listen: str) -> bool:
+    """Whether a server endpoint string does TLS itself (``ssl:...``)."""
+    return listen.split(":", 1)[0].strip().lower() == "ssl"
+
+
 def default_advertise_host(bound_host: str) -> str:
     """The address other machines should use when we listen on ``bound_host``."""
     if bound_host not in ("0.0.0.0", "::", ""):
@@ -460,6 +497,8 @@ class Server(Service):
                  tokens: Optional[Iterable[str]] = None,
                  grace: float = 2.0, drain_timeout: float = 10.0,
                  check_types: bool = True, tls: Optional[TLSFiles] = None,
+                 threads: ThreadSettings = ThreadSettings(),
+                 thread_pool: Optional[Pool] = None,
                  observers: Sequence[Any] = (), health: bool = True) -> None:
         self.reactor = reactor
         self.listen = listen
@@ -471,9 +510,17 @@ class Server(Service):
         self.drain_timeout = drain_timeout
         self.check_types = check_types
         self.tls = tls if tls is not None and tls.enabled else None
-        if self.tls is not None or listen.startswith("ssl:"):
+        if self.tls is not None and is_tls_endpoint(listen):
+            raise ValueError(f"{listen.split(':')[0]}: endpoints bring their own TLS; "
+                             "wrapping it in TLS again would fail every call")
+        if self.tls is not None or is_tls_endpoint(listen):
             self.metadata.setdefault("tls", "1")  # clients must not talk to us in clear
-        self.dispatcher = Dispatcher(reactor, limits, tokens)
+        self.dispatcher = Dispatcher(reactor, limits, tokens, blocking=threads.blocking)
+        from msrpc.aio import coroutine_runner
+
+        self.dispatcher.run_coroutine = coroutine_runner(reactor)
+        self.thread_settings = threads
+        self._thread_pool = thread_pool
         self.settings = settings or ProtocolSettings()
         self.sweeper = Sweeper(reactor, keepalive)
         self.factory = RpcServerFactory(self.dispatcher, self.settings, self.sweeper)
@@ -487,6 +534,8 @@ class Server(Service):
         self._starting: Optional[Deferred[Any]] = None
         self._stopping: Optional[Deferred[None]] = None
         self._register_wait: Optional[Deferred[None]] = None
+        self._stop_wait: Optional[Deferred[Any]] = None
+        self.hurried = False
         #: ``msrpc.health`` (``msrpc.healthcheck``): served, never registered.
         self.health: Optional[HealthService] = None
         if health:
@@ -555,6 +604,12 @@ class Server(Service):
 
     def startService(self) -> None:
         Service.startService(self)
+        if any(method.blocking for method in self.dispatcher.methods.values()):
+            # A fresh pool per start: a stopped ThreadPool cannot be started again.
+            threads = Threads(self.reactor.callFromThread, self.thread_settings,
+                              self._thread_pool)
+            threads.start()
+            self.dispatcher.threads = threads
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self.ready.callback, self._start_failed)
         if self.health is not None:
@@ -631,28 +686,58 @@ class Server(Service):
             await defer.DeferredList([self._starting], consumeErrors=True)
         registrations, self.registrations = self.registrations, []
         for registration in registrations:
+            if self.hurried:
+                break  # the registry's own close deregisters what is left
             try:
-                await registration.deregister()
+                await self._unless_hurried(registration.deregister())
             except Exception as e:
                 events = registry_events(self.registry)
                 if events is not None:
                     events.error("deregister", e)
                 self.log.warn("deregistering {service} failed: {error}",
                               service=registration.instance.service, error=e)
-        if registrations and self.grace > 0:
-            await deferLater(self.reactor, self.grace, lambda: None)
+        if registrations and self.grace > 0 and not self.hurried:
+            await self._unless_hurried(deferLater(self.reactor, self.grace, lambda: None))
         if self.port is not None:
             await defer.maybeDeferred(self.port.stopListening)
         self.dispatcher.draining = True
         if self.health is not None:
             self.health.stop()  # long-polling watchers must not hold the drain up
-        if self.dispatcher.in_flight:
+        if self.dispatcher.in_flight and not self.hurried:
             idle = self.dispatcher.when_idle()
             idle.addTimeout(self.drain_timeout, self.reactor)
             try:
-                await idle
+                await self._unless_hurried(idle)
             except defer.TimeoutError:
                 self.log.warn("drain timeout: {n} calls still running are cut off",
                               n=self.dispatcher.in_flight)
         await self.factory.close_all()
         self.sweeper.stop()
+        self.dispatcher.close()
+        if self.dispatcher.threads is not None:
+            self.dispatcher.threads.stop()
+
+    async def _unless_hurried(self, step: "Deferred[Any]") -> None:
+        """Wait for one phase of the stop, unless ``hurry`` cuts it short."""
+        self._stop_wait = step
+        try:
+            await step
+        except defer.CancelledError:
+            if not self.hurried:
+                raise
+        finally:
+            self._stop_wait = None
+
+    def hurry(self) -> None:
+        """
+        Finish a graceful stop now: skip what is left of deregistering, the grace period
+        and the drain; calls still running are cut off (their clients see the connection
+        close).  ``twistd msrpc`` calls it on a second SIGTERM or SIGINT.
+        """
+        if self.running or self.hurried:
+            return
+        self.hurried = True
+        self.log.warn("stopping now: {n} calls in flight are cut off",
+                      n=self.dispatcher.in_flight)
+        if self._stop_wait is not None:
+            self._stop_wait.cancel()

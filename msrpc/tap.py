@@ -11,23 +11,26 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import sys
 from typing import Any, Callable, Optional
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import usage
 
-from msrpc import compress
+from msrpc import compress, version_text
 from msrpc.auth import accepted_tokens, client_token
 from msrpc.balance import make_balancer
 from msrpc.client import Client, RetryPolicy
 from msrpc.codec import Limits, make_codecs
 from msrpc.limits import parse_rate
 from msrpc.protocol import ProtocolSettings
-from msrpc.registry.options import make_registry, registry_parameters
-from msrpc.server import Server, ServerLimits
+from msrpc.registry.options import check_registry_options, make_registry, registry_parameters
+from msrpc.server import Server, ServerLimits, is_tls_endpoint
+from msrpc.stopping import SecondSignal, SequentialMultiService
 from msrpc.sweep import KeepaliveSettings
+from msrpc.threads import ThreadSettings
 from msrpc.tls import TLSFiles
 from msrpc.wire import DEFAULT_MAX_FRAME
 
@@ -95,6 +98,11 @@ class ServerOptions(usage.Options):
          float],
         ["frame-timeout", None, 30.0, "Close peers whose frame stays incomplete this long.",
          float],
+        ["threads", None, ThreadSettings.size, "Threads running blocking handlers "
+                                               "(@expose(blocking=True), or all plain ones "
+                                               "with --blocking).", int],
+        ["thread-queue", None, ThreadSettings.queue, "Calls waiting for a handler thread "
+                                                     "before answering 503.", int],
         ["compression", None, "none", "Compress large replies: none, gzip, zstd."],
         ["timeout", None, 10.0, "Default call timeout of the shared client, seconds.",
          float],
@@ -124,6 +132,8 @@ class ServerOptions(usage.Options):
     ] + registry_parameters()
 
     optFlags = [
+        ["blocking", None, "Run every plain (non-async) handler on the handler threads, "
+                           "unless it says @expose(blocking=False)."],
         ["no-metrics", None, "No Prometheus metrics, even with --admin and "
                              "prometheus_client installed."],
         ["access-log", None, "Log one structured event per call (service, method, code, "
@@ -182,11 +192,14 @@ class ServerOptions(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
 
+    def opt_version(self) -> None:
+        """Print msrpc's version and exit."""
+        print(version_text())
+        sys.exit(0)
+
     def postOptions(self) -> None:
-        if self["tls-key"] and not self["tls-cert"]:
-            raise usage.UsageError("--tls-key needs --tls-cert")
-        if self["tls-client-ca"] and not self["tls-cert"]:
-            raise usage.UsageError("--tls-client-ca (mutual TLS) needs --tls-cert")
+        check_registry_options(self)
+        self._refuse_contradictions()
         try:
             self["tokens"] = accepted_tokens(self["tokens-file"])
             self["call-token"] = client_token(self["call-token-file"])
@@ -210,6 +223,46 @@ class ServerOptions(usage.Options):
         for extra, module in required_extras(self):
             if importlib.util.find_spec(module) is None:
                 raise usage.UsageError(f"{extra} needs {module}: pip install 'msrpc[{extra}]'")
+
+    def _refuse_contradictions(self) -> None:
+        """Options that cannot all hold: refuse to start rather than run broken."""
+        listen = self["listen"]
+        if is_tls_endpoint(listen):
+            for option in ("tls-cert", "tls-key", "tls-client-ca"):
+                if self[option]:
+                    raise usage.UsageError(
+                        f"--listen {listen.split(':')[0]}:... already serves TLS (its "
+                        f"certificate is in the endpoint string); --{option} would wrap "
+                        "TLS in TLS and every call would fail. Use one or the other.")
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["tls-client-ca"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-client-ca (mutual TLS) needs --tls-cert")
+        if self["call-tls-key"] and not self["call-tls-cert"]:
+            raise usage.UsageError("--call-tls-key needs --call-tls-cert")
+        if "tls" in self["metadata"]:
+            raise usage.UsageError("--metadata tls=... is set by msrpc itself (1 when the "
+                                   "server speaks TLS), so clients never mismatch it")
+        if self["advertise"]:
+            kind = listen.split(":", 1)[0].strip().lower()
+            if kind not in ("tcp", "tcp6", "ssl"):
+                raise usage.UsageError(f"--advertise publishes a TCP address, but --listen "
+                                       f"{kind}:... has none clients could reach")
+            advertise = self["advertise"]
+            if ":" in advertise and not advertise.endswith("]"):  # as Server.instances reads it
+                port = advertise.rpartition(":")[2]
+                if not port.isdigit() or not 0 < int(port) < 65536:
+                    raise usage.UsageError(f"--advertise wants host[:port] with a port "
+                                           f"from 1 to 65535, got {self['advertise']!r}")
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be > 0")
+        if self["threads"] < 1:
+            raise usage.UsageError("--threads must be >= 1 (blocking handlers need a thread)")
+        for option in ("grace", "drain-timeout", "weight", "idle-timeout", "frame-timeout",
+                       "max-in-flight", "max-in-flight-per-connection", "max-connections",
+                       "thread-queue"):
+            if self[option] < 0:
+                raise usage.UsageError(f"--{option} must be >= 0")
 
 
 Options = ServerOptions
@@ -235,22 +288,15 @@ def metrics_wanted(options: usage.Options) -> bool:
 
 
 class Closing(Service):
-    """
-    A service whose only job is to run ``close()`` when the application stops, once
-    ``after()`` has fired (the server's drain: in-flight handlers may still call others).
-    """
+    """A service whose only job is to run ``close()`` when the application stops."""
 
-    def __init__(self, name: str, close: Callable[[], Optional[Deferred[Any]]],
-                 after: Optional[Callable[[], Deferred[Any]]] = None) -> None:
+    def __init__(self, name: str, close: Callable[[], Optional[Deferred[Any]]]) -> None:
         self.setName(name)
         self._close = close
-        self._after = after
 
     def stopService(self) -> Deferred[Any]:
         Service.stopService(self)
-        if self._after is None:
-            return maybeDeferred(self._close)
-        return self._after().addCallback(lambda _: self._close())
+        return maybeDeferred(self._close)
 
 
 class Observers:
@@ -321,7 +367,7 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor
-    top = MultiService()
+    top = SequentialMultiService()
     registry = make_registry(reactor, options)
     observers = Observers(reactor, options)
     client = Client(reactor, registry, timeout=options["timeout"], token=options["call-token"],
@@ -346,6 +392,9 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
                     tokens=options["tokens"],
                     tls=TLSFiles(options["tls-client-ca"], options["tls-cert"],
                                  options["tls-key"]),
+                    threads=ThreadSettings(size=options["threads"],
+                                           queue=options["thread-queue"],
+                                           blocking=bool(options["blocking"])),
                     observers=observers.server)
     services = options["services"]
     if not services:
@@ -372,14 +421,19 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
         admin.setName("admin")
         admin.setServiceParent(top)
         top.admin = admin  # type: ignore[attr-defined]
-    # The server deregisters and drains first; then the shared client closes (handlers
-    # may call others until the drain ends), then the registry (its own close
-    # deregisters anything left), and the admin endpoint and span exporter go last.
-    Closing("spans", lambda: observers.flush(reactor), server.when_stopped).setServiceParent(top)
-    Closing("registry", registry.close, server.when_stopped).setServiceParent(top)
-    Closing("client", client.close, server.when_stopped).setServiceParent(top)
+    # Stopped one after the other, in reverse order: the server deregisters and drains
+    # first, then the shared client closes, then the registry (its own close deregisters
+    # anything left), then buffered spans are exported, and the admin endpoint (which
+    # answers probes and scrapes through the drain) goes last.  A second SIGTERM/SIGINT
+    # meanwhile cuts the drain short.
+    Closing("spans", lambda: observers.flush(reactor)).setServiceParent(top)
+    Closing("registry", registry.close).setServiceParent(top)
+    Closing("client", client.close).setServiceParent(top)
     server.setName("server")
     server.setServiceParent(top)
+    signals = SecondSignal(reactor, server.hurry)
+    signals.setName("signals")
+    signals.setServiceParent(top)
     server.ready.addErrback(_stop_reactor, reactor)
     top.client = client  # type: ignore[attr-defined]
     top.registry = registry  # type: ignore[attr-defined]

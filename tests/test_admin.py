@@ -63,8 +63,8 @@ class PagesTests(TestCase):
         self.net = MemoryNetwork()
         self.first = self.net.server({"echo": Echo()}, address="10.0.0.1:7001")
         self.net.server({"echo": Echo()}, address="10.0.0.2:7002")
-        self.client = self.net.client(ejection=EjectionPolicy(consecutive_failures=1,
-                                                              base_ejection=30.0))
+        self.client = self.net.client(balancer="round_robin", ejection=EjectionPolicy(
+            consecutive_failures=1, base_ejection=30.0))
         self.http = StubTreq(admin_site(self.server, self.client, self.metrics).resource)
 
     def test_liveness_answers_while_the_reactor_does(self) -> None:

@@ -145,3 +145,19 @@ class PropagationTests(TestCase):
             d = net.client(observers=[TraceContextPropagation()]).call("backend", "seen")
         net.flush()
         self.assertIsNone(self.successResultOf(d))
+
+
+class ThreadTests(TestCase):
+    def test_blocking_handlers_run_in_the_requests_trace_context(self) -> None:
+        from twisted.internet import reactor
+
+        from msrpc.threads import Threads
+
+        threads = Threads(reactor.callFromThread)
+        threads.start()
+        self.addCleanup(threads.stop)
+        root = TraceContext.new()
+        with tracecontext.use(root):
+            d = threads.submit(tracecontext.current, (), {}, "current")
+        assert d is not None
+        return d.addCallback(self.assertIs, root)
