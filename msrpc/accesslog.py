@@ -11,6 +11,8 @@ file logs, ``twistd --logger``) get the fields as they are; the text form reads
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -23,7 +25,9 @@ class AccessLog:
     """Logs every finished server call (client calls are not logged)."""
 
     contextual = False
-    log = Logger(namespace="msrpc.access")
+
+    def __init__(self, log: Optional[Logger] = None) -> None:
+        self.log = log if log is not None else Logger(namespace="msrpc.access")
 
     def call_started(self, call: CallInfo) -> None:
         pass

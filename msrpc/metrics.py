@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_right
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional
 
 from prometheus_client.core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
@@ -233,11 +233,7 @@ class Metrics(Collector):
         yield sent
 
     def _server_families(self, empty: bool) -> Iterator[Metric]:
-        rejected = CounterMetricFamily("msrpc_server_rejected",
-                                       _help("msrpc_server_rejected_total"), labels=["reason"])
-        for reason, count in sorted(self._rejected.items()):
-            rejected.add_metric([reason], count)
-        yield rejected
+        yield _counter("msrpc_server_rejected_total", ["reason"], self._rejected)
         servers = [] if empty else self._servers
         yield GaugeMetricFamily("msrpc_server_calls_in_flight",
                                 _help("msrpc_server_calls_in_flight"),
@@ -246,18 +242,8 @@ class Metrics(Collector):
                                 value=sum(len(s.factory.connections) for s in servers))
 
     def _client_families(self, empty: bool) -> Iterator[Metric]:
-        retries = CounterMetricFamily("msrpc_client_retries",
-                                      _help("msrpc_client_retries_total"),
-                                      labels=["service", "method"])
-        for (service, method), count in sorted(self._retries.items()):
-            retries.add_metric([service, method], count)
-        yield retries
-        ejections = CounterMetricFamily("msrpc_client_ejections",
-                                        _help("msrpc_client_ejections_total"),
-                                        labels=["service"])
-        for service, count in sorted(self._ejections.items()):
-            ejections.add_metric([service], count)
-        yield ejections
+        yield _counter("msrpc_client_retries_total", ["service", "method"], self._retries)
+        yield _counter("msrpc_client_ejections_total", ["service"], self._ejections)
         known = GaugeMetricFamily("msrpc_client_instances", _help("msrpc_client_instances"),
                                   labels=["service"])
         ejected = GaugeMetricFamily("msrpc_client_ejected_instances",
@@ -273,18 +259,18 @@ class Metrics(Collector):
         yield ejected
 
     def _registry_families(self, empty: bool) -> Iterator[Metric]:
-        errors = CounterMetricFamily("msrpc_registry_errors",
-                                     _help("msrpc_registry_errors_total"),
-                                     labels=["backend", "operation"])
-        for (backend, operation), count in sorted(self._registry_errors.items()):
-            errors.add_metric([backend, operation], count)
-        yield errors
-        reconnects = CounterMetricFamily("msrpc_registry_watch_reconnects",
-                                         _help("msrpc_registry_watch_reconnects_total"),
-                                         labels=["backend"])
-        for backend, count in sorted(self._reconnects.items()):
-            reconnects.add_metric([backend], count)
-        yield reconnects
+        yield _counter("msrpc_registry_errors_total", ["backend", "operation"],
+                       self._registry_errors)
+        yield _counter("msrpc_registry_watch_reconnects_total", ["backend"],
+                       self._reconnects)
+
+
+def _counter(name: str, labels: list[str], counts: Mapping[Any, int]) -> Metric:
+    """A counter family with one sample per key of ``counts`` (a label value or a tuple)."""
+    family = CounterMetricFamily(name[:-len("_total")], _help(name), labels=labels)
+    for key, count in sorted(counts.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
+    return family
 
 
 def _help(name: str) -> str:

@@ -22,12 +22,14 @@ class Echo:
 class AccessLogTests(TestCase):
     def setUp(self) -> None:
         self.events: list[dict[str, Any]] = []
-        self.access = AccessLog()
-        self.access.log = Logger(namespace="msrpc.access", observer=self.events.append)
+        self.access = AccessLog(Logger(namespace="msrpc.access", observer=self.events.append))
         self.net = MemoryNetwork()
         self.server = self.net.server({"echo": Echo()}, observers=[self.access],
                                       limits=ServerLimits(rate=1, burst=1))
         self.client = self.net.client(retry=RetryPolicy(max_attempts=1))
+
+    def test_events_are_in_the_access_namespace(self) -> None:
+        self.assertEqual(AccessLog().log.namespace, "msrpc.access")
 
     def test_one_event_per_call_with_every_field(self) -> None:
         context = TraceContext.new()
