@@ -269,7 +269,7 @@ async def run_health(reactor: Any, options: usage.Options, out: Any) -> int:
 
 
 async def run_watch(reactor: Any, options: usage.Options, out: Any) -> None:
-    from msrpc.changes import watch_services
+    from msrpc.watching import watch_services
 
     registry = make_registry(reactor, options)
     until: defer.Deferred[None] = defer.Deferred()

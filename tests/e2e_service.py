@@ -1,8 +1,9 @@
 """
 User services for the end-to-end tests, served by a real ``twistd msrpc``:
 ``--service whoami=tests.e2e_service:Whoami`` says which process answered, greets, fails
-on request and sleeps (an in-flight call to drain); ``--service relay=tests.e2e_service:Relay``
-calls another service through the shared client (a second hop).
+on request, sends large replies on request and sleeps (an in-flight call to drain);
+``--service relay=tests.e2e_service:Relay`` calls another service through the shared
+client (a second hop).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class Whoami:
 
     def fail(self, message: str) -> None:
         raise ValueError(message)
+
+    def blob(self, size: int) -> bytes:
+        """``size`` bytes: a small request with a large reply (back-pressure tests)."""
+        return b"x" * size
 
     def sleep(self, seconds: float) -> Any:
         """Answers ``seconds`` later: a call still in flight when a stop begins."""

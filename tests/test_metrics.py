@@ -297,7 +297,7 @@ class RegistryMetricsTests(TestCase):
         answers: list[Any] = [defer.fail(RegistryUnavailable("down")),
                               defer.fail(RegistryUnavailable("down")), defer.succeed([])]
         watch = PollingWatch(net.clock, lambda service: answers.pop(0), "svc", lambda i: None,
-                             1.0, registry.events)
+                             1.0, events=registry.events)
         net.clock.advance(1.0)
         net.clock.advance(1.0)
         watch.stop()

@@ -275,7 +275,7 @@ class NacosRegistry:
 
     def watch(self, service: str, callback: WatchCallback) -> IWatch:
         watch = PollingWatch(self.clock, self.lookup, service, callback, self.refresh,
-                             self.events)
+                             events=self.events)
         self._watches.append(watch)
         return watch
 

@@ -1,4 +1,4 @@
-"""``msrpc watch``'s change lines (msrpc.changes) and the ``watch``/``health`` commands."""
+"""``msrpc watch``'s change lines (msrpc.watching) and the ``watch``/``health`` commands."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from msrpc import cli
-from msrpc.changes import ADDED, CHANGED, REMOVED, describe, diff, timestamp, watch_services
+from msrpc.watching import ADDED, CHANGED, REMOVED, describe, diff, timestamp, watch_services
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.static import StaticRegistry
 
