@@ -3,6 +3,7 @@ CPU per call of each side, without a network: where msrpc spends more than the b
 
     python -m bench.percall                # batches of 64 calls, then 1 call per read
     python -m bench.percall --batch 64 --rounds 3000 --repeat 6
+    python -m bench.percall --observe metrics --observe w3c --cpu-time
 
 The loopback benchmark (``bench.run``) says *whether* msrpc keeps up; this says *which
 side* costs what.  Each side's protocol is fed through a ``StringTransport``: the client
@@ -15,10 +16,11 @@ next to the bare Twisted msgpack echo.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import struct
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import msgpack
 from twisted.internet import defer
@@ -30,6 +32,7 @@ from bench.workload import request
 from msrpc import wire
 from msrpc.client import Client
 from msrpc.codec import MsgpackCodec
+from msrpc.observe import combine
 from msrpc.protocol import ProtocolSettings
 from msrpc.registry.static import StaticRegistry
 from msrpc.server import Dispatcher, RpcServerFactory, ServerLimits
@@ -44,14 +47,18 @@ class _Echo:
         return value
 
 
+#: What ``_timed`` reads: wall time, or this thread's CPU time (``--cpu-time``).
+_clock: Callable[[], float] = time.perf_counter
+
+
 def _timed(rounds: int, prepare: Callable[[], Any], run: Callable[[Any], None]) -> float:
     """Seconds spent in ``run`` over ``rounds`` rounds (``prepare`` is not timed)."""
     total = 0.0
     for _ in range(rounds):
         state = prepare()
-        started = time.perf_counter()
+        started = _clock()
         run(state)
-        total += time.perf_counter() - started
+        total += _clock() - started
     return total
 
 
@@ -95,7 +102,7 @@ def _check(condition: bool, problem: str) -> None:
         raise RuntimeError(problem)
 
 
-def msrpc_client(batch: int, rounds: int) -> float:
+def msrpc_client(batch: int, rounds: int, observers: Sequence[Any] = ()) -> float:
     held: dict[str, Any] = {}
 
     def connector(host: str, port: int, protocol: Any) -> "defer.Deferred[Any]":
@@ -104,7 +111,7 @@ def msrpc_client(batch: int, rounds: int) -> float:
         return defer.succeed(protocol)
 
     client = Client(Clock(), StaticRegistry({"echo": ["127.0.0.1:1"]}), timeout=30.0,
-                    connector=connector)
+                    connector=connector, observers=observers)
     echo = client.proxy("echo").echo
     echo(VALUE)  # resolves and connects; never answered, harmless
     protocol, transport = held["protocol"], held["transport"]
@@ -137,12 +144,13 @@ def baseline_server(batch: int, rounds: int) -> float:
     return elapsed
 
 
-def msrpc_server(batch: int, rounds: int) -> float:
+def msrpc_server(batch: int, rounds: int, observers: Sequence[Any] = ()) -> float:
     clock = Clock()
     clock.advance(time.time())
     dispatcher = Dispatcher(clock, ServerLimits(rate=50_000_000, burst=1_000_000))
     dispatcher.add_service("echo", _Echo())
     factory = RpcServerFactory(dispatcher, ProtocolSettings(), Sweeper(clock, SERVER_KEEPALIVE))
+    factory.observe(combine(observers))
     protocol, transport = factory.buildProtocol(None), StringTransport()
     protocol.makeConnection(transport)
     body = CODEC.encode({"service": "echo", "method": "echo", "args": [VALUE],
@@ -160,6 +168,22 @@ def msrpc_server(batch: int, rounds: int) -> float:
 SIDES = [("client", baseline_client, msrpc_client), ("server", baseline_server, msrpc_server)]
 
 
+def _metrics() -> list[Any]:
+    from msrpc.metrics import Metrics
+
+    return [Metrics()]
+
+
+def _w3c() -> list[Any]:
+    from msrpc.tracecontext import TraceContextPropagation
+
+    return [TraceContextPropagation()]
+
+
+#: ``--observe NAME``: msrpc again with these observers on (both sides).
+OBSERVERS: dict[str, Callable[[], list[Any]]] = {"metrics": _metrics, "w3c": _w3c}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.percall", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,19 +191,32 @@ def main(argv: list[str] | None = None) -> None:
                         help="calls per read (repeatable; default 64 and 1)")
     parser.add_argument("--calls", type=int, default=200_000, help="calls per measurement")
     parser.add_argument("--repeat", type=int, default=5, help="measurements; best is shown")
+    parser.add_argument("--observe", action="append", choices=sorted(OBSERVERS), default=[],
+                        help="also measure msrpc with these observers on (repeatable): "
+                             "metrics (msrpc.metrics), w3c (msrpc.tracecontext)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="count this thread's CPU time instead of wall time (steadier "
+                             "on a busy machine)")
     args = parser.parse_args(argv)
-    print(f"{'side':6}  {'batch':>5}  {'baseline':>10}  {'msrpc':>10}  {'extra':>8}  ratio")
+    global _clock
+    _clock = time.thread_time if args.cpu_time else time.perf_counter
+    extra = "".join(f"  {'+' + name:>10}  {'vs msrpc':>8}" for name in args.observe)
+    print(f"{'side':6}  {'batch':>5}  {'baseline':>10}  {'msrpc':>10}  {'extra':>8}  ratio"
+          + extra)
     for batch in args.batch or [64, 1]:
         rounds = max(1, args.calls // batch)
         for side, baseline, ours in SIDES:
-            best = [float("inf"), float("inf")]
+            measures = [baseline, ours] + [
+                functools.partial(ours, observers=OBSERVERS[name]()) for name in args.observe]
+            best = [float("inf")] * len(measures)
             for _ in range(args.repeat):
-                for slot, measure in enumerate((baseline, ours)):
+                for slot, measure in enumerate(measures):
                     gc.collect()
                     best[slot] = min(best[slot], measure(batch, rounds) / (batch * rounds))
-            base_ns, ours_ns = best[0] * 1e9, best[1] * 1e9
+            base_ns, ours_ns, *observed = [b * 1e9 for b in best]
             print(f"{side:6}  {batch:5}  {base_ns:8.0f}ns  {ours_ns:8.0f}ns  "
-                  f"{ours_ns - base_ns:+6.0f}ns  {ours_ns / base_ns:.2f}")
+                  f"{ours_ns - base_ns:+6.0f}ns  {ours_ns / base_ns:.2f}"
+                  + "".join(f"  {ns:8.0f}ns  {ns / ours_ns:8.2f}" for ns in observed))
 
 
 if __name__ == "__main__":

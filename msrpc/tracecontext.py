@@ -21,8 +21,7 @@ import contextvars
 import random
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 from zope.interface import implementer
 
@@ -35,13 +34,14 @@ TRACESTATE = "tracestate"
 MAX_TRACESTATE = 512
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_random_bytes = random.randbytes
 _NO_TRACE = "0" * 32
 _NO_SPAN = "0" * 16
 
 
-@dataclass(frozen=True)
-class TraceContext:
-    """One valid ``traceparent`` and its ``tracestate`` ("" when there is none)."""
+class TraceContext(NamedTuple):
+    """One valid ``traceparent`` and its ``tracestate`` ("" when there is none).  A tuple:
+    made once per call when propagation is on, so it must be cheap."""
 
     traceparent: str
     tracestate: str = ""
@@ -61,9 +61,10 @@ class TraceContext:
     @classmethod
     def new(cls, sampled: bool = False) -> "TraceContext":
         """A new trace (random trace and parent ids)."""
-        trace_id = random.getrandbits(128) or 1
-        parent_id = random.getrandbits(64) or 1
-        return cls(f"00-{trace_id:032x}-{parent_id:016x}-{'01' if sampled else '00'}")
+        ids = _random_bytes(24).hex()  # one draw: 16 bytes of trace id, 8 of parent id
+        while ids[:32] == _NO_TRACE or ids[32:] == _NO_SPAN:
+            ids = _random_bytes(24).hex()
+        return cls(f"00-{ids[:32]}-{ids[32:]}-{'01' if sampled else '00'}")
 
     @classmethod
     def parse(cls, traceparent: Any, tracestate: Any = None) -> Optional["TraceContext"]:
