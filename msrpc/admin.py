@@ -129,6 +129,17 @@ def client_view(client: "Client") -> dict[str, Any]:
     return {"services": services}
 
 
+class Index(Resource):
+    """``/``: what is here."""
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"".join(b"/" + name + b"\n" for name in sorted(self.children))
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return self if path == b"" else super().getChild(path, request)
+
+
 class _QuietSite(Site):
     """A site that writes no access-log line per request: probes come every few seconds."""
 
@@ -139,7 +150,7 @@ class _QuietSite(Site):
 def admin_site(server: Optional["Server"] = None, client: Optional["Client"] = None,
                metrics: Optional["Metrics"] = None) -> Site:
     """The resource tree (``/metrics``, ``/healthz``, ``/readyz``, ``/instances``)."""
-    root = Resource()
+    root = Index()
     root.putChild(b"healthz", Liveness())
     if server is not None:
         root.putChild(b"readyz", Readiness(server))

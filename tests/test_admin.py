@@ -128,6 +128,10 @@ class PagesTests(TestCase):
     def test_unknown_pages_are_404(self) -> None:
         self.assertEqual(get(self.http, "/nope")[0], 404)
 
+    def test_the_root_lists_the_pages(self) -> None:
+        self.assertEqual(get(self.http, "/")[::2],
+                         (200, "/healthz\n/instances\n/metrics\n/readyz\n"))
+
 
 _ADMIN = re.compile(r"msrpc admin on .*port=(\d+)")
 
