@@ -230,3 +230,21 @@ class RegistryEventsTests(TestCase):
         self.assertEqual(recorder.events, [("registry_error", "static", "register")] * 2)
         server.stopService()
         self.flushLoggedErrors()
+
+
+class SharedPollEventsTests(TestCase):
+    def test_shared_polls_report_failed_polls_and_the_recovery(self) -> None:
+        from twisted.internet.task import Clock
+
+        from msrpc.registry.shared_polls import SharedPolls
+
+        clock, recorder, events = Clock(), Recorder(), RegistryEvents("nacos")
+        events.subscribe(recorder)
+        answers: list[Any] = [defer.fail(RegistryUnavailable("down")), defer.succeed([])]
+        polls = SharedPolls(clock, lambda service: answers.pop(0), interval=1.0, budget=10.0,
+                            jitter=0.0, events=events)
+        polls.watch("svc", lambda instances: None)
+        clock.advance(5.0)
+        polls.stop()
+        self.assertEqual(recorder.events, [("registry_error", "nacos", "watch"),
+                                           ("reconnected", "nacos", "svc")])
