@@ -404,7 +404,6 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
 def make_supervisor(options: usage.Options, reactor: Any) -> IService:
     """``--workers N``: this process starts, supervises and publishes N server processes
     (``msrpc.workers``); it serves nothing itself."""
-    top = SequentialMultiService()
     registry = make_registry(reactor, options)
     pool = WorkerPool(reactor, ListenAddress.parse(options["listen"]),
                       worker_command(options.argv,  # type: ignore[attr-defined]
@@ -414,23 +413,13 @@ def make_supervisor(options: usage.Options, reactor: Any) -> IService:
                       reuse_port=reuse_port_spreads())
     supervisor = Supervisor(reactor, pool, registry=registry, grace=options["grace"],
                             drain_timeout=options["drain-timeout"])
-    Closing("registry", registry.close).setServiceParent(top)
-    supervisor.setName("server")
-    supervisor.setServiceParent(top)
-    signals = SecondSignal(reactor, supervisor.hurry)
-    signals.setName("signals")
-    signals.setServiceParent(top)
-    supervisor.ready.addErrback(_stop_reactor, reactor)
-    top.registry = registry  # type: ignore[attr-defined]
-    top.server = supervisor  # type: ignore[attr-defined]
-    return top
+    return _process_tree(reactor, registry, supervisor)
 
 
 def make_server(options: usage.Options, reactor: Any,
                 worker: Optional[dict[str, Any]] = None) -> IService:
     """One server process; with ``worker`` (from its supervisor), one of several: it
     serves on the supervisor's address and reports there instead of registering."""
-    top = SequentialMultiService()
     registry = make_registry(reactor, options)
     observers = Observers(reactor, options)
     client = Client(reactor, registry, timeout=options["timeout"], token=options["call-token"],
@@ -478,32 +467,47 @@ def make_server(options: usage.Options, reactor: Any,
     if observers.metrics is not None:
         observers.metrics.watch_server(server)
         observers.metrics.watch_client(client)
+    # Stopped after everything else: buffered spans are exported once the server drained,
+    # and the admin endpoint answers probes and scrapes through the whole drain.
+    last: list[IService] = []
+    admin = None
     if options["admin"]:
         from msrpc.admin import AdminService
 
         admin = AdminService(reactor, options["admin"], server=server, client=client,
                              metrics=observers.metrics)
         admin.setName("admin")
-        admin.setServiceParent(top)
+        last.append(admin)
+    last.append(Closing("spans", lambda: observers.flush(reactor)))
+    top = _process_tree(reactor, registry, server, client, last)
+    if admin is not None:
         top.admin = admin  # type: ignore[attr-defined]
-    # Stopped one after the other, in reverse order: the server deregisters and drains
-    # first, then the shared client closes, then the registry (its own close deregisters
-    # anything left), then buffered spans are exported, and the admin endpoint (which
-    # answers probes and scrapes through the drain) goes last.  A second SIGTERM/SIGINT
-    # meanwhile cuts the drain short.
-    Closing("spans", lambda: observers.flush(reactor)).setServiceParent(top)
+    if worker is not None:
+        server.ready.addCallback(lambda _: report_ready(server))
+        ignore_interrupts(reactor)
+        stop_when_orphaned(reactor)
+    return top
+
+
+def _process_tree(reactor: Any, registry: Any, server: Server,
+                  client: Optional[Client] = None,
+                  stopped_last: Sequence[IService] = ()) -> IService:
+    """The process's services, stopped one after the other, in reverse order: the server
+    deregisters and drains first, then the shared client closes, then the registry (its
+    own close deregisters anything left), then ``stopped_last``.  A second SIGTERM/SIGINT
+    meanwhile cuts the drain short.  A server that cannot start stops the process."""
+    top = SequentialMultiService()
+    for service in stopped_last:
+        service.setServiceParent(top)
     Closing("registry", registry.close).setServiceParent(top)
-    Closing("client", client.close).setServiceParent(top)
+    if client is not None:
+        Closing("client", client.close).setServiceParent(top)
     server.setName("server")
     server.setServiceParent(top)
     signals = SecondSignal(reactor, server.hurry)
     signals.setName("signals")
     signals.setServiceParent(top)
     server.ready.addErrback(_stop_reactor, reactor)
-    if worker is not None:
-        server.ready.addCallback(lambda _: report_ready(server))
-        ignore_interrupts(reactor)
-        stop_when_orphaned(reactor)
     top.client = client  # type: ignore[attr-defined]
     top.registry = registry  # type: ignore[attr-defined]
     top.server = server  # type: ignore[attr-defined]
