@@ -31,7 +31,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 if TYPE_CHECKING:
-    from msrpc.client import Client
+    import msrpc.client
     from msrpc.metrics import Metrics
     from msrpc.server import Server
 
@@ -88,7 +88,7 @@ class MetricsPage(_Page):
 
 
 class Instances(_Page):
-    def __init__(self, client: Optional["Client"]) -> None:
+    def __init__(self, client: Optional["msrpc.client.Client"]) -> None:
         super().__init__()
         self.client = client
 
@@ -97,7 +97,7 @@ class Instances(_Page):
         return 200, "application/json", json.dumps(view, indent=2, sort_keys=True).encode()
 
 
-def client_view(client: "Client") -> dict[str, Any]:
+def client_view(client: "msrpc.client.Client") -> dict[str, Any]:
     """What ``client`` knows of each service it resolved: every listed instance, whether
     it may be picked, and its connection and ejection state."""
     now = client.reactor.seconds()
@@ -147,7 +147,7 @@ class _QuietSite(Site):
         pass
 
 
-def admin_site(server: Optional["Server"] = None, client: Optional["Client"] = None,
+def admin_site(server: Optional["Server"] = None, client: Optional["msrpc.client.Client"] = None,
                metrics: Optional["Metrics"] = None) -> Site:
     """The resource tree (``/metrics``, ``/healthz``, ``/readyz``, ``/instances``)."""
     root = Index()
@@ -167,7 +167,7 @@ class AdminService(Service):
     log = Logger()
 
     def __init__(self, reactor: Any, endpoint: str, *, server: Optional["Server"] = None,
-                 client: Optional["Client"] = None, metrics: Optional["Metrics"] = None
+                 client: Optional["msrpc.client.Client"] = None, metrics: Optional["Metrics"] = None
                  ) -> None:
         self.reactor = reactor
         self.endpoint = endpoint

@@ -125,7 +125,7 @@ class ObservedCall(Call):
     """
     A call of an observed client (``msrpc.observe.CallInfo``): observers hear of it once
     before it is sent (and may add to its meta) and once with its outcome.  A client
-    without observers makes plain ``Call``s and pays nothing for this.
+    without observers makes plain ``Call`` objects and pays nothing for this.
     """
 
     side = CLIENT
@@ -151,10 +151,12 @@ class ObservedCall(Call):
         return self.endpoint.address if self.endpoint is not None else ""
 
     def callback(self, result: Any) -> None:
+        """The call succeeded: observers hear it, then the caller gets the result."""
         self._ended(200)
         Deferred.callback(self, result)
 
     def errback(self, fail: Any = None) -> None:
+        """The call failed: observers hear how, then the caller gets the failure."""
         self._ended(outcome_code(fail.value if isinstance(fail, Failure) else fail))
         Deferred.errback(self, fail)
 

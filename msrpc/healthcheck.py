@@ -1,7 +1,7 @@
 """
 Health checking over RPC, in the spirit of ``grpc.health.v1``: every ``twistd msrpc``
 server serves ``msrpc.health`` (not published in the registry: it is asked of one
-instance at a time, at its address).
+instance at a time, at its address)::
 
     check(service="")                      → "SERVING" | "NOT_SERVING" | "UNKNOWN_SERVICE"
     watch(service="", known=None, wait=30) → the status, as soon as it differs from

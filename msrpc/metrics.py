@@ -33,7 +33,7 @@ from msrpc.observe import (
 )
 
 if TYPE_CHECKING:
-    from msrpc.client import Client
+    import msrpc.client
     from msrpc.server import Server
 
 #: Histogram bucket upper bounds in seconds: from 25 µs (a sync handler on loopback)
@@ -131,7 +131,7 @@ class Metrics(Collector):
         self._registry_errors: Counter[tuple[str, str]] = Counter()
         self._reconnects: Counter[str] = Counter()
         self._servers: list["Server"] = []
-        self._clients: list["Client"] = []
+        self._clients: list["msrpc.client.Client"] = []
         self.registry.register(self)
 
     @classmethod
@@ -148,7 +148,7 @@ class Metrics(Collector):
         if events is not None:
             events.subscribe(self)
 
-    def watch_client(self, client: "Client") -> None:
+    def watch_client(self, client: "msrpc.client.Client") -> None:
         """Report the instances the client knows (and its registry's errors)."""
         self._clients.append(client)
         events = registry_events(client.registry)

@@ -384,7 +384,7 @@ class RpcServerFactory(Factory):
         #: Connections over the limit; its ``listener`` is set once the port listens.
         self.overflow = Overflow(sweeper.clock, settings, self._limit)
         self._closed_waiters: list[Deferred[None]] = []
-        #: Set by ``observe``: connections are then ``ObservedProtocol``s.
+        #: Set by ``observe``: connections are then observed (``ObservedProtocol``).
         self.observer: Optional[ICallObserver] = None
 
     def observe(self, observer: Optional[ICallObserver]) -> None:
