@@ -123,7 +123,7 @@ class ServerMetricsTests(TestCase):
         codec = MsgpackCodec()
         request = codec.encode({"service": "shop", "method": "echo", "args": ["hello"],
                                 "meta": {"deadline": 5000}})
-        response = codec.encode({"code": 200, "msg": "", "data": "hello"})
+        response = codec.encode({"code": 200, "data": "hello"})
         samples = scrape(self.metrics)
         self.assertEqual(value(samples, "msrpc_server_received_bytes_total", service="shop",
                                method="echo"), wire.HEADER_SIZE + len(request))
