@@ -102,6 +102,8 @@ class Call(Deferred):  # type: ignore[type-arg]
     endpoint: Optional[Endpoint] = None
     retry_timer: Optional[IDelayedCall] = None
     done = False
+    #: A ``TalliedCall``: ``succeeded`` counts the success in the method's tally.
+    tallied = False
 
     def succeeded(self, data: Any) -> None:
         self.done = True
@@ -110,6 +112,15 @@ class Call(Deferred):  # type: ignore[type-arg]
         endpoint = self.endpoint
         if endpoint.strikes or endpoint.closing:  # type: ignore[union-attr]
             client._endpoint_answered(endpoint)  # type: ignore[arg-type]
+        if self.tallied:  # counted here, not in a callback override: no extra frame
+            try:
+                tally = client._known_tallies[self.service][self.method]
+            except KeyError:
+                tally = client._observer.tally(CLIENT, self.service, self.method)
+            durations = tally.durations
+            durations.append(client._seconds() + self.timeout - self.deadline)
+            if len(durations) >= tally.limit:
+                tally.fold()
         self.callback(data)
 
     def failed(self, error: MsrpcError) -> None:
@@ -121,11 +132,29 @@ class Call(Deferred):  # type: ignore[type-arg]
     __hash__ = object.__hash__
 
 
+class TalliedCall(Call):
+    """
+    A call of a client whose observers only count (``msrpc.observe.ICallTallies``:
+    metrics): its outcome is recorded in its method's tally, a success for the price of
+    an append.  A client without such observers makes plain ``Call`` objects.
+    """
+
+    tallied = True
+
+    def errback(self, fail: Any = None) -> None:
+        client = self.client
+        client._observer.tally(CLIENT, self.service, self.method).record(
+            outcome_code(fail.value if isinstance(fail, Failure) else fail),
+            client._seconds() + self.timeout - self.deadline)
+        Deferred.errback(self, fail)
+
+
 class ObservedCall(Call):
     """
-    A call of an observed client (``msrpc.observe.CallInfo``): observers hear of it once
-    before it is sent (and may add to its meta) and once with its outcome.  A client
-    without observers makes plain ``Call`` objects and pays nothing for this.
+    A call of a client with per-call observers (``ICallObserver``; it is their
+    ``CallInfo``): they hear of it once before it is sent (and may add to its meta) and
+    once with its outcome, which is counted in its tally too when the client also has
+    tallies.
     """
 
     side = CLIENT
@@ -139,7 +168,7 @@ class ObservedCall(Call):
     def __init__(self, client: "Client", service: str, method: str, args: Any,
                  kwargs: Any, meta: dict[str, Any], deadline: float) -> None:
         Call.__init__(self, client, service, method, args, kwargs, meta, deadline)
-        client._observer.call_started(self)  # type: ignore[union-attr]  # set if observed
+        client._calls.call_started(self)
 
     @property
     def started(self) -> float:
@@ -164,7 +193,10 @@ class ObservedCall(Call):
         self.code = code
         client = self.client
         self.duration = client._seconds() + self.timeout - self.deadline
-        client._observer.call_finished(self)  # type: ignore[union-attr]
+        tally = client._observer.tally(CLIENT, self.service, self.method)
+        if tally is not None:
+            tally.record(code, self.duration)
+        client._calls.call_finished(self)
 
 
 def outcome_code(error: Any) -> int | str:
@@ -262,8 +294,14 @@ class Client:
         self._timeout_ms = int(timeout * 1000)
         self._deadlines: Deadlines[Call] = Deadlines(reactor, self._expired)
         #: Metrics, tracing... (``msrpc.observe``); None when there are none.
-        self._observer = combine(observers)
-        self._call_class = Call if self._observer is None else ObservedCall
+        self._observer: Any = combine(observers)
+        observer = self._observer
+        self._calls: Any = observer.calls if observer is not None else None
+        self._outgoing = observer.outgoing if observer is not None else None
+        self._known_tallies: Any = observer.client_tallies if observer is not None else None
+        self._call_class: type[Call] = (
+            ObservedCall if self._calls is not None else
+            TalliedCall if observer is not None and observer.tallies is not None else Call)
         self._events = client_events(self._observer)
         self._health = Health(reactor, self._resolver, ejection, self._events)
         self.stats: Counter[str] = Counter()
@@ -311,6 +349,8 @@ class Client:
             call_meta["token"] = self.token
         if meta:
             call_meta.update(meta)
+        if self._outgoing is not None:
+            self._outgoing(call_meta)  # trace context (msrpc.observe.ICallContext)
         deadline = self._seconds() + timeout
         call = self._call_class(self, service, method,
                                 args if args.__class__ is list else list(args), kwargs,
@@ -507,4 +547,5 @@ class Client:
             self.stats["cancelled"] += 1
 
 
-__all__ = ["Client", "Proxy", "RetryPolicy", "Call", "ObservedCall", "EjectionPolicy"]
+__all__ = ["Client", "Proxy", "RetryPolicy", "Call", "TalliedCall", "ObservedCall",
+           "EjectionPolicy"]
