@@ -214,7 +214,11 @@ class RpcProtocol(Protocol):
         if mtype == RESPONSE:
             call = self._pending.pop(rid, None)
             if call is None:
-                return  # the call already timed out or was cancelled
+                if rid != 0 or len(self._pending) != 1:
+                    return  # the call already timed out or was cancelled
+                # msgo answers some errors ("no service found") with request id 0: with
+                # one call in flight (msgo's one call per connection) it is that call's.
+                _, call = self._pending.popitem()
             try:
                 if comp == _NONE:
                     payload = self._codecs[ser].decode(body)
@@ -293,6 +297,10 @@ class RpcProtocol(Protocol):
     def outstanding(self) -> int:
         """Calls sent on this connection and not yet answered."""
         return len(self._pending)
+
+    def send_frame(self, frame: bytes) -> None:
+        """Write a frame built elsewhere (a dialect's reply, see ``msrpc.msgo.server``)."""
+        self._write(frame)
 
     def send_ping(self) -> None:
         self._write(encode_frame(PING, _NONE, self.settings.serializer, 0))

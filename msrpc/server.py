@@ -52,6 +52,7 @@ class ServerLimits:
 
 
 _NO_COMPRESSION = compress.NONE
+_GOB = int(Serializer.GOB)
 _NUMBERS = frozenset({int, float})
 _NO_ARGS: list[Any] = []
 _NO_KWARGS: dict[str, Any] = {}
@@ -103,8 +104,11 @@ class Dispatcher:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, limits: ServerLimits = ServerLimits(),
-                 tokens: Optional[Iterable[str]] = None) -> None:
+                 tokens: Optional[Iterable[str]] = None, msgo: bool = True) -> None:
         self.clock = clock
+        #: Serve Go msgo clients (gob requests), see ``msrpc.msgo.server``.
+        self.msgo = msgo
+        self._msgo: Any = None
         self.limits = limits
         self.methods: dict[tuple[str, str], Method] = {}
         self.services: dict[str, Any] = {}
@@ -145,6 +149,10 @@ class Dispatcher:
 
     def request_received(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
                          body: bytes) -> None:
+        if ser == _GOB:  # a Go msgo client: the same checks and handler, msgo's framing
+            protocol = self._msgo_request(protocol)
+            if protocol is None:
+                return
         # The hot path: every check is a local compare until something is wrong.
         if self.draining:
             protocol.reply(rid, ser, 503, msg="server is shutting down")
@@ -226,6 +234,18 @@ class Dispatcher:
             deadline = (now + remaining / 1000.0  # type: ignore[operator]  # a number
                         if remaining is not None else None)
             self._track(protocol, rid, ser, method, result, deadline)
+
+    def _msgo_request(self, protocol: RpcProtocol) -> Any:
+        """The view a msgo request is served through, or None when msgo is off."""
+        if not self.msgo:
+            self.log.warn("closing connection from {peer}: gob (msgo) requests are not "
+                          "served here", peer=protocol.peer)
+            protocol.abort()
+            return None
+        if self._msgo is None:
+            from msrpc.msgo.server import MsgoServer
+            self._msgo = MsgoServer(self)
+        return self._msgo.view(protocol)
 
     def _token_ok(self, protocol: RpcProtocol, comp: int, ser: int, body: bytes) -> bool:
         """Read only the request's meta (never its arguments) and check the token."""
@@ -438,7 +458,8 @@ class Server(Service):
                  keepalive: KeepaliveSettings = SERVER_KEEPALIVE,
                  tokens: Optional[Iterable[str]] = None,
                  grace: float = 2.0, drain_timeout: float = 10.0,
-                 check_types: bool = True, tls: Optional[TLSFiles] = None) -> None:
+                 check_types: bool = True, tls: Optional[TLSFiles] = None,
+                 msgo: bool = True) -> None:
         self.reactor = reactor
         self.listen = listen
         self.registry = registry
@@ -451,7 +472,7 @@ class Server(Service):
         self.tls = tls if tls is not None and tls.enabled else None
         if self.tls is not None or listen.startswith("ssl:"):
             self.metadata.setdefault("tls", "1")  # clients must not talk to us in clear
-        self.dispatcher = Dispatcher(reactor, limits, tokens)
+        self.dispatcher = Dispatcher(reactor, limits, tokens, msgo)
         self.settings = settings or ProtocolSettings()
         self.sweeper = Sweeper(reactor, keepalive)
         self.factory = RpcServerFactory(self.dispatcher, self.settings, self.sweeper)
