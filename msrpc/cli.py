@@ -3,9 +3,15 @@ The ``msrpc`` command: call services and list instances through the same registr
 options as ``twistd msrpc``, so no address is ever typed.
 
     msrpc call arith.add 1 2            → 3
-    msrpc call echo.echo '{"a": [1, 2]}'
+    msrpc call echo.echo '{"a": [1, 2]}' --registry etcd --etcd http://127.0.0.1:2379
     msrpc ls arith
     msrpc bench echo.echo '{"a": 1}' --concurrency 64 --duration 5
+
+Options go anywhere on the line (``msrpc.cmdline``).  Each subcommand is one row of
+``COMMANDS``: to add one, write its options class (an ``InterspersedOptions``; add
+``registry_parameters()`` and call ``check_registry_options`` if it reads a registry), an
+``async def run_NAME(reactor, options, out) -> Optional[int]`` (None means exit 0), and a
+``Command`` row.
 """
 
 from __future__ import annotations
@@ -13,17 +19,22 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from twisted.internet import defer, task
 from twisted.python import usage
 
+from msrpc import version_text
 from msrpc.auth import client_token
 from msrpc.client import Client
-from msrpc.codec import JsonCodec
+from msrpc.cmdline import HelpRequested, InterspersedOptions, option_table, split_argv
+from msrpc.codec import SERIALIZERS, TypeRegistry, make_codecs
 from msrpc.errors import MsrpcError
 from msrpc.loadgen import closed_loop
-from msrpc.registry.options import make_registry, registry_parameters
+from msrpc.protocol import ProtocolSettings
+from msrpc.registry.options import check_registry_options, make_registry, registry_parameters
+from msrpc.show import OUTPUTS
 from msrpc.tls import TLSFiles
 
 
@@ -35,12 +46,16 @@ def parse_arg(text: str) -> Any:
         return text
 
 
-class CallOptions(usage.Options):
-    synopsis = "SERVICE.METHOD [ARG ...]  (each ARG is JSON, or a plain string)"
+class CallOptions(InterspersedOptions):
+    synopsis = "Usage: msrpc call SERVICE.METHOD [ARG ...] [options]\n" \
+               "Each ARG is JSON, or else a plain string; an ARG starting with '-' goes " \
+               "after '--'."
     optParameters = [
         ["timeout", "t", 10.0, "Seconds to wait for the answer.", float],
         ["kwargs", "k", None, "Keyword arguments as a JSON object."],
         ["serializer", None, "msgpack", "Wire serializer: msgpack or json."],
+        ["output", "o", "json", "How results print: json (readable JSON), tagged (the "
+                                "JSON serializer's lossless form) or python (repr)."],
         ["token-file", None, None, "File holding the auth token to send "
                                    "(or set MSRPC_TOKEN)."],
         ["tls-ca", None, None, "Call over TLS, verifying servers against this CA (PEM)."],
@@ -56,6 +71,7 @@ class CallOptions(usage.Options):
         self["args"] = [parse_arg(a) for a in args]
 
     def postOptions(self) -> None:
+        check_registry_options(self)
         if self["kwargs"]:
             try:
                 kwargs = json.loads(self["kwargs"])
@@ -66,10 +82,19 @@ class CallOptions(usage.Options):
             self["kwargs"] = kwargs
         else:
             self["kwargs"] = {}
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be > 0")
+        if self["serializer"] not in SERIALIZERS:
+            raise usage.UsageError(f"--serializer must be one of: {', '.join(SERIALIZERS)}")
+        if self["output"] not in OUTPUTS:
+            raise usage.UsageError(f"--output must be one of: {', '.join(OUTPUTS)}")
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
 
 
 class BenchOptions(CallOptions):
-    synopsis = "SERVICE.METHOD [ARG ...]  (calls it in a closed loop; prints calls/s, latency)"
+    synopsis = "Usage: msrpc bench SERVICE.METHOD [ARG ...] [options]\n" \
+               "Calls it in a closed loop; prints calls/s and latency percentiles."
     optParameters = [
         ["concurrency", "c", 16, "Calls in flight.", int],
         ["duration", "d", 5.0, "Seconds to run.", float],
@@ -82,42 +107,38 @@ class BenchOptions(CallOptions):
             raise usage.UsageError("--concurrency must be >= 1, --duration > 0, --calls >= 0")
 
 
-class LsOptions(usage.Options):
-    synopsis = "SERVICE [SERVICE ...]"
+class LsOptions(InterspersedOptions):
+    synopsis = "Usage: msrpc ls [SERVICE ...] [options]"
     optParameters = registry_parameters()
 
     def parseArgs(self, *services: str) -> None:
         self["services"] = list(services)
 
-
-class MainOptions(usage.Options):
-    synopsis = "call|ls [options] ..."
-    subCommands = [
-        ["call", None, CallOptions, "Call SERVICE.METHOD with JSON arguments; print JSON."],
-        ["ls", None, LsOptions, "List the live instances of services (all, if the "
-                                "registry can list them)."],
-        ["bench", None, BenchOptions, "Load a live service: calls/s and latency "
-                                      "percentiles as its callers see them."],
-    ]
-
     def postOptions(self) -> None:
-        if self.subCommand is None:
-            raise usage.UsageError("choose a command: call, ls or bench")
+        check_registry_options(self)
 
 
-def to_json(value: Any) -> str:
-    """Results as JSON; types JSON lacks come out tagged, as the JSON codec sends them."""
-    return json.dumps(json.loads(JsonCodec().encode(value)), ensure_ascii=False)
+def client_settings(options: usage.Options) -> ProtocolSettings:
+    """What the command's client speaks.  Its codecs keep types this process never
+    registered (the services' classes) as inert ``UnknownObject`` values, so it can show
+    any result; nothing is imported or instantiated by name."""
+    return ProtocolSettings(codecs=make_codecs(TypeRegistry(keep_unknown=True)),
+                            serializer=SERIALIZERS[options["serializer"]])
 
 
 async def with_client(reactor: Any, options: usage.Options,
                       use: Callable[[Client], Awaitable[None]]) -> None:
     """Build the registry and client the options describe, use them, close them."""
     registry = make_registry(reactor, options)
-    client = Client(reactor, registry, timeout=options["timeout"],
-                    serializer=options["serializer"],
-                    token=client_token(options["token-file"]),
-                    tls=TLSFiles(options["tls-ca"], options["tls-cert"], options["tls-key"]))
+    try:
+        client = Client(reactor, registry, timeout=options["timeout"],
+                        settings=client_settings(options),
+                        token=client_token(options["token-file"]),
+                        tls=TLSFiles(options["tls-ca"], options["tls-cert"],
+                                     options["tls-key"]))
+    except ValueError as e:  # unreadable token or TLS files
+        await registry.close()
+        raise usage.UsageError(str(e)) from None
     try:
         await use(client)
     finally:
@@ -126,10 +147,12 @@ async def with_client(reactor: Any, options: usage.Options,
 
 
 async def run_call(reactor: Any, options: usage.Options, out: Any) -> None:
+    show = OUTPUTS[options["output"]]
+
     async def call(client: Client) -> None:
         result = await client.invoke(options["service"], options["method"], options["args"],
                                      options["kwargs"])
-        out.write(to_json(result) + "\n")
+        out.write(show(result) + "\n")
 
     await with_client(reactor, options, call)
 
@@ -169,22 +192,86 @@ async def run_ls(reactor: Any, options: usage.Options, out: Any) -> None:
         await registry.close()
 
 
-COMMANDS = {"call": run_call, "ls": run_ls, "bench": run_bench}
+Runner = Callable[[Any, usage.Options, Any], Awaitable[Optional[int]]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``msrpc`` subcommand: its options, what it runs, and its line in ``--help``."""
+
+    name: str
+    options: type[usage.Options]
+    run: Runner
+    summary: str
+
+
+COMMANDS: dict[str, Command] = {command.name: command for command in [
+    Command("call", CallOptions, run_call,
+            "Call SERVICE.METHOD with JSON arguments; print the result."),
+    Command("ls", LsOptions, run_ls,
+            "List the live instances of services (all, if the registry can list them)."),
+    Command("bench", BenchOptions, run_bench,
+            "Load a live service: calls/s and latency percentiles as its callers see them."),
+]}
+
+
+class MainOptions(usage.Options):
+    synopsis = "Usage: msrpc COMMAND [ARG ...] [options]\n" \
+               "Options go anywhere on the line; '--' ends them."
+    optFlags = [["version", None, "Print msrpc's version and exit."]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subCommands = [[c.name, None, c.options, c.summary] for c in COMMANDS.values()]
+
+    def opt_help(self) -> None:
+        """Display this help and exit."""
+        raise HelpRequested(str(self))
+
+    opt_h = opt_help
+
+    def opt_version(self) -> None:
+        """Print msrpc's version and exit."""
+        raise HelpRequested(version_text())
+
+
+def parse(argv: Sequence[str]) -> tuple[Command, usage.Options]:
+    """The subcommand and its parsed options.  Options before the command's name are the
+    command's too (``msrpc --registry etcd ls``), except ``--help`` and ``--version``."""
+    main = MainOptions()
+    table = option_table(main)
+    for command in COMMANDS.values():
+        table.update(option_table(command.options()))
+    leading, rest = split_argv(argv, table, stop_at_argument=True)
+    main.parseOptions([o for o in leading if o in ("--help", "-h", "--version")])
+    if not rest:
+        raise usage.UsageError(f"choose a command: {', '.join(COMMANDS)}")
+    if rest[0] not in COMMANDS:
+        raise usage.UsageError(f"unknown command {rest[0]!r}; choose one of: "
+                               f"{', '.join(COMMANDS)}")
+    command = COMMANDS[rest[0]]
+    options = command.options()
+    options.parseOptions([o for o in leading if o not in ("--help", "-h", "--version")]
+                         + rest[1:])
+    return command, options
 
 
 async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = None) -> int:
+    """Run one command line; the exit status: 0 ok, 1 the command failed, 2 usage error."""
     out = out or sys.stdout
     err = err or sys.stderr
-    options = MainOptions()
     try:
-        options.parseOptions(list(argv))
+        command, options = parse(argv)
+    except HelpRequested as e:
+        out.write(e.text.rstrip("\n") + "\n")
+        return 0
     except usage.UsageError as e:
-        err.write(f"{options}\nmsrpc: {e}\n")
+        err.write(f"msrpc: {e}\n(msrpc --help lists the commands, msrpc COMMAND --help "
+                  "their options)\n")
         return 2
-    sub = options.subOptions
     started = time.monotonic()
     try:
-        await COMMANDS[str(options.subCommand)](reactor, sub, out)
+        return await command.run(reactor, options, out) or 0
     except usage.UsageError as e:
         err.write(f"msrpc: {e}\n")
         return 2
@@ -192,7 +279,6 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
         err.write(f"msrpc: {type(e).__name__}: {e} "
                   f"({time.monotonic() - started:.3f}s)\n")
         return 1
-    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

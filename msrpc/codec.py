@@ -120,12 +120,62 @@ class _Entry:
             raise DecodeError(f"cannot build {self.name!r}: {e}") from None
 
 
-class TypeRegistry:
-    """Names ↔ classes, as with Go's ``gob.Register``: both sides register the same name."""
+@dataclass
+class UnknownObject:
+    """
+    A registered type this side never registered, decoded by a ``TypeRegistry(
+    keep_unknown=True)`` (the ``msrpc`` command's): its name and fields, as inert data.
+    It encodes back to the same name and fields.
+    """
 
-    def __init__(self) -> None:
+    type_name: str
+    fields: dict[str, Any]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.fields.items())
+        return f"{self.type_name}({fields})"
+
+
+@dataclass
+class UnknownEnum:
+    """An enum member of a type this side never registered (see :class:`UnknownObject`)."""
+
+    type_name: str
+    value: Any
+
+    def __repr__(self) -> str:
+        return f"{self.type_name}({self.value!r})"
+
+
+class _UnknownEntry:
+    """Stands for a name this side never registered, when unknown names are kept."""
+
+    is_enum = True  # an enum payload may name it too: it becomes an UnknownEnum
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cls(self, value: Any) -> UnknownEnum:
+        return UnknownEnum(self.name, value)
+
+    def build(self, values: Any) -> UnknownObject:
+        if not isinstance(values, dict):
+            raise DecodeError(f"bad payload for registered type {self.name!r}")
+        return UnknownObject(self.name, values)
+
+
+class TypeRegistry:
+    """
+    Names ↔ classes, as with Go's ``gob.Register``: both sides register the same name.
+    An unregistered name fails to decode, unless ``keep_unknown`` is set: then it decodes
+    to an inert :class:`UnknownObject` or :class:`UnknownEnum` (for tools that show values
+    of types they do not know, never for services).
+    """
+
+    def __init__(self, *, keep_unknown: bool = False) -> None:
         self._by_name: dict[str, _Entry] = {}
         self._by_type: dict[type, _Entry] = {}
+        self.keep_unknown = keep_unknown
 
     @overload
     def register(self, cls: T, *, name: Optional[str] = None) -> T: ...
@@ -161,9 +211,11 @@ class TypeRegistry:
     def names(self) -> list[str]:
         return sorted(self._by_name)
 
-    def entry_for_name(self, type_name: Any) -> _Entry:
+    def entry_for_name(self, type_name: Any) -> _Entry | _UnknownEntry:
         entry = self._by_name.get(type_name) if isinstance(type_name, str) else None
         if entry is None:
+            if self.keep_unknown and isinstance(type_name, str):
+                return _UnknownEntry(type_name)
             raise DecodeError(f"unknown type {type_name!r}: not registered on this side "
                               "(msrpc.codec.register it on both ends)")
         return entry
@@ -306,6 +358,10 @@ class MsgpackCodec:
         if cls is dt.timedelta:
             return msgpack.ExtType(EXT_TIMEDELTA,
                                    self._pack([obj.days, obj.seconds, obj.microseconds]))
+        if cls is UnknownObject:
+            return msgpack.ExtType(EXT_OBJECT, self._pack([obj.type_name, obj.fields]))
+        if cls is UnknownEnum:
+            return msgpack.ExtType(EXT_ENUM, self._pack([obj.type_name, obj.value]))
         return _plain_base(obj)
 
     # -- decoding
@@ -486,6 +542,10 @@ class JsonCodec:
             return {"$" + cls.__name__: obj.isoformat()}
         if cls is dt.timedelta:
             return {"$timedelta": [obj.days, obj.seconds, obj.microseconds]}
+        if cls is UnknownObject:
+            return {"$type": obj.type_name, "$fields": _escape_dicts(obj.fields)}
+        if cls is UnknownEnum:
+            return {"$enum": obj.type_name, "$value": obj.value}
         raise EncodeError(f"cannot encode {cls.__module__}.{cls.__qualname__}: "
                           "register it with msrpc.codec.register")
 
@@ -567,5 +627,6 @@ def make_codecs(registry: TypeRegistry = default_registry,
 SERIALIZERS = {"msgpack": int(Serializer.MSGPACK), "json": int(Serializer.JSON)}
 
 
-__all__ = ["register", "default_registry", "TypeRegistry", "Limits", "DEFAULT_LIMITS",
+__all__ = ["register", "default_registry", "TypeRegistry", "UnknownObject", "UnknownEnum",
+           "Limits", "DEFAULT_LIMITS",
            "MsgpackCodec", "JsonCodec", "make_codecs", "SERIALIZERS"]

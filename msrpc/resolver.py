@@ -39,6 +39,7 @@ class ServiceView:
         self.instances: list[ServiceInstance] = []
         self.members: list[Member] = []
         self.ready = False
+        self.closed = False
         self.watch: Optional[IWatch] = None
         self._waiters: list[Deferred["ServiceView"]] = []
 
@@ -113,6 +114,7 @@ class ServiceView:
             waiter.errback(failure)
 
     def close(self) -> None:
+        self.closed = True
         if self.watch is not None:
             self.watch.stop()
             self.watch = None
@@ -155,8 +157,23 @@ class Resolver:
         if self._pending.pop(view.service, None) is not view:
             return  # closed meanwhile
         self.views[view.service] = view
-        view.update(instances)
-        view.watch = self.registry.watch(view.service, view.update)
+        # Watch first: ``update`` wakes the waiting calls, and whatever they do next (say,
+        # close the client and its registry at once, as ``msrpc call`` does after
+        # NoInstances) must find the watch in place to stop it, not have it started
+        # afterwards on a closed registry.  A watch may deliver a list at once (static).
+        try:
+            watch = self.registry.watch(view.service, view.update)
+        except Exception as e:  # the registry failed or was closed under us
+            self.log.warn("cannot watch {service} in {registry}: {error}",
+                          service=view.service, registry=view.registry_name, error=e)
+            watch = None
+        if view.closed:
+            if watch is not None:
+                watch.stop()
+            return
+        view.watch = watch
+        if not view.ready:
+            view.update(instances)
 
     def _lookup_failed(self, failure: Failure, view: ServiceView) -> None:
         # No cache yet: this call fails with the registry's error; the next one retries.

@@ -412,6 +412,11 @@ class RpcServerFactory(Factory):
         return protocol
 
 
+def is_tls_endpoint(listen: str) -> bool:
+    """Whether a server endpoint string does TLS itself (``ssl:...``)."""
+    return listen.split(":", 1)[0].strip().lower() == "ssl"
+
+
 def default_advertise_host(bound_host: str) -> str:
     """The address other machines should use when we listen on ``bound_host``."""
     if bound_host not in ("0.0.0.0", "::", ""):
@@ -470,7 +475,10 @@ class Server(Service):
         self.drain_timeout = drain_timeout
         self.check_types = check_types
         self.tls = tls if tls is not None and tls.enabled else None
-        if self.tls is not None or listen.startswith("ssl:"):
+        if self.tls is not None and is_tls_endpoint(listen):
+            raise ValueError(f"{listen.split(':')[0]}: endpoints bring their own TLS; "
+                             "wrapping it in TLS again would fail every call")
+        if self.tls is not None or is_tls_endpoint(listen):
             self.metadata.setdefault("tls", "1")  # clients must not talk to us in clear
         self.dispatcher = Dispatcher(reactor, limits, tokens, msgo)
         self.settings = settings or ProtocolSettings()
@@ -482,6 +490,8 @@ class Server(Service):
         self.ready: Deferred[Any] = Deferred()
         self._starting: Optional[Deferred[Any]] = None
         self._register_wait: Optional[Deferred[None]] = None
+        self._stop_wait: Optional[Deferred[Any]] = None
+        self.hurried = False
         for name, obj in (services or {}).items():
             self.add_service(name, obj)
 
@@ -580,23 +590,50 @@ class Server(Service):
             await defer.DeferredList([self._starting], consumeErrors=True)
         registrations, self.registrations = self.registrations, []
         for registration in registrations:
+            if self.hurried:
+                break  # the registry's own close deregisters what is left
             try:
-                await registration.deregister()
+                await self._unless_hurried(registration.deregister())
             except Exception as e:
                 self.log.warn("deregistering {service} failed: {error}",
                               service=registration.instance.service, error=e)
-        if registrations and self.grace > 0:
-            await deferLater(self.reactor, self.grace, lambda: None)
+        if registrations and self.grace > 0 and not self.hurried:
+            await self._unless_hurried(deferLater(self.reactor, self.grace, lambda: None))
         if self.port is not None:
             await defer.maybeDeferred(self.port.stopListening)
         self.dispatcher.draining = True
-        if self.dispatcher.in_flight:
+        if self.dispatcher.in_flight and not self.hurried:
             idle = self.dispatcher.when_idle()
             idle.addTimeout(self.drain_timeout, self.reactor)
             try:
-                await idle
+                await self._unless_hurried(idle)
             except defer.TimeoutError:
                 self.log.warn("drain timeout: {n} calls still running are cut off",
                               n=self.dispatcher.in_flight)
         await self.factory.close_all()
         self.sweeper.stop()
+
+    async def _unless_hurried(self, step: "Deferred[Any]") -> None:
+        """Wait for one phase of the stop, unless ``hurry`` cuts it short."""
+        self._stop_wait = step
+        try:
+            await step
+        except defer.CancelledError:
+            if not self.hurried:
+                raise
+        finally:
+            self._stop_wait = None
+
+    def hurry(self) -> None:
+        """
+        Finish a graceful stop now: skip what is left of deregistering, the grace period
+        and the drain; calls still running are cut off (their clients see the connection
+        close).  ``twistd msrpc`` calls it on a second SIGTERM or SIGINT.
+        """
+        if self.running or self.hurried:
+            return
+        self.hurried = True
+        self.log.warn("stopping now: {n} calls in flight are cut off",
+                      n=self.dispatcher.in_flight)
+        if self._stop_wait is not None:
+            self._stop_wait.cancel()

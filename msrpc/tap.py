@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from typing import Any, Callable, Optional
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import usage
 
-from msrpc import compress
+from msrpc import compress, version_text
 from msrpc.auth import accepted_tokens, client_token
 from msrpc.balance import make_balancer
 from msrpc.client import Client, RetryPolicy
 from msrpc.codec import Limits, make_codecs
 from msrpc.limits import parse_rate
 from msrpc.protocol import ProtocolSettings
-from msrpc.registry.options import make_registry, registry_parameters
-from msrpc.server import Server, ServerLimits
+from msrpc.registry.options import check_registry_options, make_registry, registry_parameters
+from msrpc.server import Server, ServerLimits, is_tls_endpoint
+from msrpc.stopping import SecondSignal, SequentialMultiService
 from msrpc.sweep import KeepaliveSettings
 from msrpc.tls import TLSFiles
 from msrpc.wire import DEFAULT_MAX_FRAME
@@ -163,11 +165,14 @@ class ServerOptions(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
 
+    def opt_version(self) -> None:
+        """Print msrpc's version and exit."""
+        print(version_text())
+        sys.exit(0)
+
     def postOptions(self) -> None:
-        if self["tls-key"] and not self["tls-cert"]:
-            raise usage.UsageError("--tls-key needs --tls-cert")
-        if self["tls-client-ca"] and not self["tls-cert"]:
-            raise usage.UsageError("--tls-client-ca (mutual TLS) needs --tls-cert")
+        check_registry_options(self)
+        self._refuse_contradictions()
         try:
             self["tokens"] = accepted_tokens(self["tokens-file"])
             self["call-token"] = client_token(self["call-token-file"])
@@ -184,6 +189,43 @@ class ServerOptions(usage.Options):
             compress.parse_name(self["compression"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+
+    def _refuse_contradictions(self) -> None:
+        """Options that cannot all hold: refuse to start rather than run broken."""
+        listen = self["listen"]
+        if is_tls_endpoint(listen):
+            for option in ("tls-cert", "tls-key", "tls-client-ca"):
+                if self[option]:
+                    raise usage.UsageError(
+                        f"--listen {listen.split(':')[0]}:... already serves TLS (its "
+                        f"certificate is in the endpoint string); --{option} would wrap "
+                        "TLS in TLS and every call would fail. Use one or the other.")
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["tls-client-ca"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-client-ca (mutual TLS) needs --tls-cert")
+        if self["call-tls-key"] and not self["call-tls-cert"]:
+            raise usage.UsageError("--call-tls-key needs --call-tls-cert")
+        if "tls" in self["metadata"]:
+            raise usage.UsageError("--metadata tls=... is set by msrpc itself (1 when the "
+                                   "server speaks TLS), so clients never mismatch it")
+        if self["advertise"]:
+            kind = listen.split(":", 1)[0].strip().lower()
+            if kind not in ("tcp", "tcp6", "ssl"):
+                raise usage.UsageError(f"--advertise publishes a TCP address, but --listen "
+                                       f"{kind}:... has none clients could reach")
+            advertise = self["advertise"]
+            if ":" in advertise and not advertise.endswith("]"):  # as Server.instances reads it
+                port = advertise.rpartition(":")[2]
+                if not port.isdigit() or not 0 < int(port) < 65536:
+                    raise usage.UsageError(f"--advertise wants host[:port] with a port "
+                                           f"from 1 to 65535, got {self['advertise']!r}")
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be > 0")
+        for option in ("grace", "drain-timeout", "weight", "idle-timeout", "frame-timeout",
+                       "max-in-flight", "max-in-flight-per-connection", "max-connections"):
+            if self[option] < 0:
+                raise usage.UsageError(f"--{option} must be >= 0")
 
 
 Options = ServerOptions
@@ -222,7 +264,7 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor
-    top = MultiService()
+    top = SequentialMultiService()
     registry = make_registry(reactor, options)
     client = Client(reactor, registry, timeout=options["timeout"], token=options["call-token"],
                     balancer=options["balancers"] or "weighted_random",
@@ -259,12 +301,16 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
             server.dispatcher.limit_method(service, method, rate_value, burst)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-    # Stopped in reverse order: the server deregisters and drains first, then the shared
-    # client closes, then the registry (its own close deregisters anything left).
+    # Stopped one after the other, in reverse order: the server deregisters and drains
+    # first, then the shared client closes, then the registry (its own close deregisters
+    # anything left).  A second SIGTERM/SIGINT meanwhile cuts the drain short.
     Closing("registry", registry.close).setServiceParent(top)
     Closing("client", client.close).setServiceParent(top)
     server.setName("server")
     server.setServiceParent(top)
+    signals = SecondSignal(reactor, server.hurry)
+    signals.setName("signals")
+    signals.setServiceParent(top)
     server.ready.addErrback(_stop_reactor, reactor)
     top.client = client  # type: ignore[attr-defined]
     top.registry = registry  # type: ignore[attr-defined]

@@ -14,7 +14,8 @@ import msgpack
 from twisted.trial.unittest import TestCase
 
 from msrpc.codec import (
-    EXT_OBJECT, JsonCodec, Limits, MsgpackCodec, TypeRegistry, default_registry, register,
+    EXT_OBJECT, JsonCodec, Limits, MsgpackCodec, TypeRegistry, UnknownEnum, UnknownObject,
+    default_registry, register,
 )
 from msrpc.errors import DecodeError, EncodeError
 
@@ -179,6 +180,36 @@ class RefusalTests(TestCase):
     def test_encoder_is_usable_after_a_failed_encode(self) -> None:
         self.assertRaises(EncodeError, self.codec.encode, [1, NotRegistered("s")])
         self.assertEqual(self.codec.decode(self.codec.encode([1, 2])), [1, 2])
+
+
+class KeepUnknownTests(TestCase):
+    """A tool's registry (``keep_unknown``) shows types it never registered, inertly."""
+
+    def test_unknown_names_decode_to_inert_records_in_both_codecs(self) -> None:
+        value = [Shape("tri", [Point(1)]), Color.RED]
+        for codec, tool in ((MsgpackCodec(types), MsgpackCodec(TypeRegistry(keep_unknown=True))),
+                            (JsonCodec(types), JsonCodec(TypeRegistry(keep_unknown=True)))):
+            shown = tool.decode(codec.encode(value))
+            self.assertEqual(shown, [
+                UnknownObject("test.Shape", {"name": "tri", "points": [
+                    UnknownObject("test.Point", {"x": 1, "y": 0})], "tags": ()
+                    if codec.name == "msgpack" else []}),
+                UnknownEnum("test.Color", "red")], codec.name)
+            self.assertEqual(repr(shown[1]), "test.Color('red')")
+
+    def test_unknown_records_encode_back_to_the_same_name_and_fields(self) -> None:
+        for codec_type in (MsgpackCodec, JsonCodec):
+            tool = codec_type(TypeRegistry(keep_unknown=True))
+            encoded = tool.encode(tool.decode(codec_type(types).encode(Point(3, 4))))
+            self.assertEqual(codec_type(types).decode(encoded), Point(3, 4))
+
+    def test_a_payload_that_is_not_a_field_map_is_still_refused(self) -> None:
+        tool = MsgpackCodec(TypeRegistry(keep_unknown=True))
+        self.assertRaises(DecodeError, tool.decode,
+                          msgpack.packb(msgpack.ExtType(EXT_OBJECT, msgpack.packb(["x.Y", 1]))))
+
+    def test_services_refuse_unknown_names_by_default(self) -> None:
+        self.assertFalse(default_registry.keep_unknown)
 
 
 class RegistrationTests(TestCase):

@@ -6,12 +6,20 @@ temporary directory (never the user's own registry).
 
 from __future__ import annotations
 
-from twisted.internet import defer, reactor, task
+import signal
+import sys
+
+from twisted.internet import defer, reactor, task, utils
 from twisted.trial.unittest import TestCase
 
+from msrpc import __version__
+from msrpc.client import Client
+from msrpc.errors import ConnectionLost
 from msrpc.registry.local import ENV_VAR, LocalRegistry
 from tests.servers import REPO_ROOT, run, wait_for
-from tests.servers.msrpcd import MsrpcDaemon, ls_entries, msrpc_cli, start_daemon, workdir
+from tests.servers.msrpcd import (
+    MsrpcDaemon, child_env, ls_entries, msrpc_cli, start_daemon, twistd, workdir,
+)
 
 WHOAMI = "whoami=tests.e2e_service:Whoami"
 
@@ -47,6 +55,65 @@ class LocalEndToEndTests(TestCase):
     async def test_demo_services_answer_msrpc_call(self) -> None:
         await self.daemon()
         self.assertEqual(await self.msrpc("call", "arith.add", "1", "2"), ("3\n", "", 0))
+        # python -m msrpc is the same command; options may follow the arguments
+        out, err, code = await utils.getProcessOutputAndValue(
+            sys.executable, ["-m", "msrpc", "call", "arith.add", "1", "2",
+                             *self.registry_args()], env=child_env(), path=str(self.dir))
+        self.assertEqual((out, err, code), (b"3\n", b"", 0))
+
+    @run
+    async def test_version_is_msrpcs_own(self) -> None:
+        out, err, code = await utils.getProcessOutputAndValue(
+            sys.executable, ["-m", "msrpc", "--version"], env=child_env(), path=str(self.dir))
+        self.assertTrue(out.decode().startswith(f"msrpc {__version__} (Twisted "), out)
+        out, err, code = await utils.getProcessOutputAndValue(
+            twistd(), ["msrpc", "--version"], env=child_env(), path=str(self.dir))
+        self.assertTrue(out.decode().startswith(f"msrpc {__version__} "), out + err)
+
+    @run
+    async def test_call_without_instances_exits_1_without_a_traceback(self) -> None:
+        out, err, code = await self.msrpc("call", "nope.x")
+        self.assertEqual((out, code), ("", 1))
+        self.assertIn("NoInstances: no live instance of 'nope'", err)
+        self.assertNotIn("Traceback", err)
+        self.assertNotIn("Unhandled error", err)
+
+    @run
+    async def test_contradictory_options_refuse_to_start(self) -> None:
+        # ssl: serves TLS itself; --tls-cert on top once wrapped TLS twice and every call
+        # died with a bare ConnectionLost.
+        out, err, code = await utils.getProcessOutputAndValue(
+            twistd(), ["-n", "--pidfile=", "msrpc", *self.registry_args(),
+                       "--listen", "ssl:0:privateKey=key.pem:certKey=cert.pem",
+                       "--tls-cert", "cert.pem"], env=child_env(), path=str(self.dir))
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"would wrap TLS in TLS", out + err)
+        self.assertEqual(await self.msrpc("ls"), ("", "", 0))  # nothing was registered
+
+    @run
+    async def test_a_second_signal_during_the_drain_stops_at_once(self) -> None:
+        daemon = await self.daemon("--grace", "0", "--drain-timeout", "120")
+        registry = self.registry()
+        client = Client(reactor, registry, timeout=120)
+        self.addCleanup(client.close)
+        slow = client.call("arith", "slow_add", 1, 2, 120)
+        # One connection, requests handled in order: once this answers, slow_add runs.
+        self.assertEqual(await client.call("arith", "add", 1, 2), 3)
+        daemon.process.signal(signal.SIGTERM)
+        closed = f"Port {daemon.port} Closed"
+        await wait_for(reactor, lambda: closed in daemon.log_text(), 10, "the port to close")
+        self.assertTrue(daemon.process.running)  # draining the slow call
+        asked_again = reactor.seconds()
+        daemon.process.signal(signal.SIGINT)  # Ctrl-C
+        await wait_for(reactor, lambda: not daemon.process.running, 10, "the daemon to stop")
+        self.assertLess(reactor.seconds() - asked_again, 5.0)
+        with self.assertRaises(ConnectionLost):
+            await slow
+        log = daemon.log_text()
+        self.assertEqual(daemon.exit_status(), "SIGTERM", log[-3000:])  # the first signal
+        self.assertIn("stopping now: 1 calls in flight are cut off", log)
+        self.assertNotIn("ReactorNotRunning", log)
+        self.assertNotIn("Traceback", log)
 
     @run
     async def test_msrpc_ls_lists_arith_and_echo_at_the_daemon_address(self) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import sys
+
 from twisted.application.service import IService, IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
-from msrpc import tap
+from msrpc import __version__, tap
 from msrpc.demo import Arith, Echo
 from msrpc.registry.static import StaticRegistry
+from msrpc.stopping import SequentialMultiService
 
 
 class NeedsClient:
@@ -50,6 +54,41 @@ class OptionTests(TestCase):
                      ["--retries", "-1"]):
             self.assertRaises(usage.UsageError, parse, *argv)
 
+    def test_contradictory_options_are_refused(self) -> None:
+        for argv, message in (
+                (["--listen", "ssl:9443:privateKey=k.pem:certKey=c.pem", "--tls-cert", "c.pem"],
+                 "would wrap TLS in TLS"),
+                (["--listen", "SSL:9443", "--tls-client-ca", "ca.pem"], "TLS in TLS"),
+                (["--tls-client-ca", "ca.pem"], "needs --tls-cert"),
+                (["--call-tls-key", "k.pem"], "--call-tls-key needs --call-tls-cert"),
+                (["--metadata", "tls=0"], "set by msrpc itself"),
+                (["--listen", "unix:/tmp/x.sock", "--advertise", "10.0.0.1:9112"],
+                 "has none clients could reach"),
+                (["--advertise", "10.0.0.1:99999"], "port from 1 to 65535"),
+                (["--registry", "local", "--etcd", "http://10.0.0.1:2379"],
+                 "--etcd is an option of the etcd registry"),
+                (["--nacos-group", "G"], "--nacos-group is an option of the nacos registry"),
+                (["--timeout", "0"], "--timeout must be > 0"),
+                (["--grace", "-1"], "--grace must be >= 0")):
+            error = self.assertRaises(usage.UsageError, parse, *argv)
+            self.assertIn(message, str(error), argv)
+
+    def test_consistent_options_are_accepted(self) -> None:
+        parse("--listen", "ssl:9443:privateKey=k.pem", "--advertise", "10.0.0.1:9443")
+        parse("--registry", "etcd", "--etcd", "http://10.0.0.1:2379", "--advertise", "h")
+        parse("--listen", "tcp:0", "--tls-cert", "c.pem", "--tls-client-ca", "ca.pem")
+
+    def test_version_is_msrpcs(self) -> None:
+        out = self.patch_stdout()
+        error = self.assertRaises(SystemExit, parse, "--version")
+        self.assertEqual(error.code, 0)
+        self.assertTrue(out.getvalue().startswith(f"msrpc {__version__} "))
+
+    def patch_stdout(self) -> io.StringIO:
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        return out
+
     def test_rate_parses_rate_and_burst(self) -> None:
         self.assertEqual(parse("--rate", "500/50")["rate"], (500.0, 50.0))
 
@@ -80,7 +119,9 @@ class ServiceTreeTests(TestCase):
     def test_stop_order_is_server_then_client_then_registry(self) -> None:
         top = self.make()
         names = [s.name for s in top]
-        self.assertEqual(names, ["registry", "client", "server"])  # stopped in reverse
+        # stopped in reverse, one after the other
+        self.assertEqual(names, ["registry", "client", "server", "signals"])
+        self.assertIsInstance(top, SequentialMultiService)
         self.assertTrue(IService.providedBy(top.server))
         self.assertIsInstance(top.registry, StaticRegistry)
 

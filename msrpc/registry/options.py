@@ -45,6 +45,24 @@ def registry_parameters() -> list[list[Any]]:
     return rows
 
 
+def check_registry_options(options: Mapping[str, Any]) -> None:
+    """
+    Refuse another backend's options (``--etcd URL`` while ``--registry`` is ``local``):
+    they would be silently ignored and the process would quietly use the wrong registry.
+    """
+    chosen = options.get("registry") or DEFAULT_BACKEND
+    backend_module(chosen)  # an unknown name is a usage error of its own
+    for name in BACKENDS:
+        if name == chosen:
+            continue
+        for row in backend_module(name).OPTIONS:
+            option, default = row[0], row[2]
+            if option in options and options[option] != default:
+                raise usage.UsageError(f"--{option} is an option of the {name} registry, "
+                                       f"but the registry is {chosen}: add --registry "
+                                       f"{name}, or drop --{option}")
+
+
 def make_registry(reactor: Any, options: Mapping[str, Any]) -> IRegistry:
     """Build the registry the options name."""
     module = backend_module(options.get("registry") or DEFAULT_BACKEND)

@@ -1,0 +1,5 @@
+"""``python -m msrpc``: the ``msrpc`` command."""
+
+from msrpc.cli import main
+
+main()
