@@ -16,12 +16,12 @@ from __future__ import annotations
 import struct
 from typing import Any, Optional
 
-from msrpc.codec import DEFAULT_LIMITS, Limits
+from msrpc.codec import DEFAULT_LIMITS, Limits, UnknownObject
 from msrpc.errors import DecodeError
 from msrpc.gob.types import (
     BOOL_ID, BYTES, BYTES_ID, COMPLEX_ID, FIRST_USER_ID, FLOAT_ID, INT_ID, INTERFACE,
     INTERFACE_ID, STRING_ID, TIME, UINT_ID, Array, Basic, GobEncoded, GobRegistry, GoType, Map,
-    Opaque, Slice, Struct, load_time, default_registry, int_range, round_float32, zero_value,
+    Opaque, Slice, Struct, load_time, default_registry, round_float32, zero_value,
 )
 
 #: Type definitions accepted in one stream (msgo's messages hold a handful).
@@ -34,6 +34,10 @@ _BUILTIN_NAMES = {BOOL_ID: "bool", INT_ID: "int", UINT_ID: "uint", FLOAT_ID: "fl
                   INTERFACE_ID: "interface"}
 _double = struct.Struct(">d").unpack
 _MISSING = object()
+#: Type definitions read before, by their message's bytes (see Decoder._known_definition).
+_DEFINITIONS: dict[bytes, tuple[int, "WireType"]] = {}
+_MAX_DEFINITIONS = 512
+_MAX_DEFINITION_SIZE = 2048
 
 
 class WireType:
@@ -149,9 +153,12 @@ class Decoder:
     def _type_sequence(self, in_interface: bool) -> int:
         """Go's ``decodeTypeSequence``: type definitions, then the id of the value."""
         while True:
-            if self.pos == self.end and not self._next_message():
-                raise DecodeError("gob stream ends before its value" if self.types or
-                                  in_interface else "empty gob stream")
+            if self.pos == self.end:
+                if not self._next_message():
+                    raise DecodeError("gob stream ends before its value" if self.types or
+                                      in_interface else "empty gob stream")
+                if self._known_definition():
+                    continue
             type_id = self._int()
             if not -_INT32 <= type_id < _INT32:
                 raise DecodeError(f"gob type id {type_id} out of range")
@@ -163,11 +170,41 @@ class Decoder:
                     raise DecodeError("extra data after a gob type definition")
                 self._uint()  # the length of the interface value's next chunk
 
-    def _define(self, type_id: int) -> None:
+    def _known_definition(self) -> bool:
+        """Whether the message just begun is a type definition read before (by any
+        decoder): msgo's bodies each come from a fresh Go encoder and start with the same
+        few.  Parsed definitions are kept by their bytes, a bounded number of short ones."""
+        message = self.data[self.pos:self.end]
+        found = _DEFINITIONS.get(message)
+        if found is None:
+            if len(message) > _MAX_DEFINITION_SIZE:
+                return False
+            start = self.pos
+            type_id = -self._int()
+            if type_id <= 0:  # a value, not a definition
+                self.pos = start
+                return False
+            self._define(type_id)
+            if self.pos != self.end:
+                raise DecodeError("extra data after a gob type definition")
+            if len(_DEFINITIONS) >= _MAX_DEFINITIONS:
+                _DEFINITIONS.clear()
+            _DEFINITIONS[message] = (type_id, self.types[type_id])
+            return True
+        type_id, wire = found
+        self._check_new(type_id)
+        self.types[type_id] = wire
+        self.pos = self.end
+        return True
+
+    def _check_new(self, type_id: int) -> None:
         if type_id < FIRST_USER_ID or type_id in self.types:
             raise DecodeError(f"gob type {type_id} defined twice or reserved")
         if len(self.types) >= MAX_TYPES:
             raise DecodeError(f"more than {MAX_TYPES} gob type definitions")
+
+    def _define(self, type_id: int) -> None:
+        self._check_new(type_id)
         wire: Optional[WireType] = None
         for number in self._field_numbers(7):
             if wire is not None:
@@ -383,7 +420,15 @@ class Decoder:
                               f"{target.name} is expected")
         values: dict[str, Any] = {}
         fields = wire.fields
-        for number in self._field_numbers(len(fields)):
+        count = len(fields)
+        number = -1
+        while self.pos < self.end:  # Go's decoder also ends a struct at its message's end
+            delta = self._uint()
+            if delta == 0:
+                break
+            number += delta
+            if number >= count:
+                raise DecodeError(f"gob field number {number} out of range")
             name, type_id = fields[number]
             declared = struct_type.field(name) if struct_type is not None else None
             try:
@@ -426,7 +471,7 @@ class Decoder:
         except UnicodeDecodeError:
             raise DecodeError("gob interface type name is not UTF-8") from None
         concrete = self.registry.by_name(name)
-        if concrete is None:
+        if concrete is None and not self.registry.keep_unknown:
             raise DecodeError(f"gob name not registered for interface: {name!r} (register "
                               "the type with msrpc.gob.register on this side)")
         type_id = self._type_sequence(True)
@@ -435,16 +480,19 @@ class Decoder:
         if self.depth > self.limits.max_depth:
             raise DecodeError(f"gob value nests deeper than {self.limits.max_depth} levels")
         try:
-            return self._top(type_id, concrete)
+            value = self._top(type_id, concrete)
         finally:
             self.depth -= 1
+        if concrete is None and isinstance(value, dict) and \
+                self._wire(type_id).kind == "struct":
+            return UnknownObject(name, value)
+        return value
 
 
 def _fit_int(number: int, target: Optional[GoType]) -> Any:
     if not isinstance(target, Basic) or target.bits == 0:
         return number
-    low, high = int_range(target)
-    if not low <= number <= high:
+    if not target.low <= number <= target.high:
         raise DecodeError(f"gob value {number} overflows {target.name}")
     return target.value_class(number) if target.value_class is not None else number
 

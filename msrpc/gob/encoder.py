@@ -17,15 +17,17 @@ from typing import Any, Optional
 
 import attr
 
-from msrpc.codec import DEFAULT_LIMITS, Limits
+from msrpc.codec import DEFAULT_LIMITS, Limits, UnknownObject
 from msrpc.errors import EncodeError
 from msrpc.gob.types import (
     BOOL, BYTES, COMPLEX64, COMPLEX128, FIRST_USER_ID, FLOAT32, FLOAT64, INT, INTERFACE,
-    STRING, TIME, Array, GobEncoded, GobRegistry, GoType, Map, Opaque, Slice, Struct, Typed,
-    _GoComplex, _GoFloat, _GoInt, default_registry, int_range, round_float32, slice_type,
+    STRING, TIME, Array, Field, GobEncoded, GobRegistry, GoType, Map, Opaque, Slice, Struct, Typed,
+    _GoComplex, _GoFloat, _GoInt, default_registry, round_float32, slice_type,
 )
 
 _pack_double = struct.Struct(">d").pack
+#: Top-level types whose definitions a registry keeps (see Encoder._definitions).
+_MAX_CACHED_DEFINITIONS = 256
 _NUMBERS = (int, float)
 
 
@@ -83,7 +85,7 @@ class Encoder:
         output = bytearray()
         self._writers = [output]
         buffer = bytearray()
-        self._send_type_descriptor(output, buffer, go)
+        self._definitions(output, buffer, go)
         _put_int(buffer, self._id(go, ""))
         self._top(buffer, value, go)
         self._write_message(output, buffer)
@@ -124,12 +126,41 @@ class Encoder:
             return TIME
         if isinstance(value, GobEncoded):
             return Opaque(value.type_name)
+        if isinstance(value, UnknownObject):  # a struct kept by a keep_unknown registry
+            return Struct(value.type_name, [
+                Field(name, name, INTERFACE if item is None else self.infer(item))
+                for name, item in value.fields.items()])
         if dataclasses.is_dataclass(cls) or attr.has(cls):
             return self.registry.struct_for(cls)
         raise EncodeError(f"cannot send {cls.__module__}.{cls.__qualname__} to Go: declare "
                           "its Go type (msrpc.gob.typed, or register the class)")
 
     # ------------------------------------------------------------------ types
+
+    def _definitions(self, output: bytearray, buffer: bytearray, go: GoType) -> None:
+        """The definitions a value of ``go`` starts with: written by a fresh encoder always
+        alike, so they are kept per registry and type and copied (msgo's bodies are each
+        from a fresh encoder and start with the same few definitions)."""
+        if self._ids or self._sent:
+            self._send_type_descriptor(output, buffer, go)
+            return
+        key = (go, self._next_id)
+        cached = self.registry.definitions.get(key)
+        if cached is None:
+            start = len(output)
+            self._send_type_descriptor(output, buffer, go)
+            if len(self.registry.definitions) >= _MAX_CACHED_DEFINITIONS:
+                self.registry.definitions.clear()
+            cached = self.registry.definitions[key] = (
+                bytes(output[start:]), dict(self._ids), dict(self._def_names),
+                frozenset(self._sent), self._next_id)
+            return
+        data, ids, def_names, sent, next_id = cached
+        output += data
+        self._ids.update(ids)
+        self._def_names.update(def_names)
+        self._sent.update(sent)
+        self._next_id = next_id
 
     def _id(self, go: GoType, name: str) -> int:
         """The id of ``go``, assigning ids as Go does the first time it builds a type."""
@@ -261,8 +292,7 @@ class Encoder:
         elif kind == "int" or kind == "uint":
             if not isinstance(value, int) or isinstance(value, bool):
                 raise _wrong(value, go)
-            low, high = int_range(go)  # type: ignore[arg-type]
-            if not low <= value <= high:
+            if not go.low <= value <= go.high:  # type: ignore[attr-defined]
                 raise EncodeError(f"{int(value)} is out of range for Go {go.name}")
             if kind == "int":
                 _put_int(buffer, value)
@@ -325,8 +355,9 @@ class Encoder:
             if not isinstance(value, go.cls):
                 raise _wrong(value, go)
             items = [getattr(value, field.attribute) for field in go.fields]
-        elif isinstance(value, dict):  # a struct without a class: keyed by Go field name
-            items = [value.get(field.go_name) for field in go.fields]
+        elif isinstance(value, (dict, UnknownObject)):  # no class: fields by Go name
+            fields = value.fields if isinstance(value, UnknownObject) else value
+            items = [fields.get(field.go_name) for field in go.fields]
         else:
             raise _wrong(value, go)
         number = -1

@@ -41,7 +41,7 @@ T = TypeVar("T", bound=type)
 class GoType:
     """A Go type: how values of it are written, and the name Go gives it."""
 
-    __slots__ = ("name",)
+    __slots__ = ("name", "_hash")
     #: bool, int, uint, float, complex, string, bytes, interface, slice, array, map,
     #: struct or opaque (a GobEncoder/BinaryMarshaler type such as time.Time).
     kind: ClassVar[str] = ""
@@ -50,6 +50,7 @@ class GoType:
         #: Go's name for the type (``reflect.Type.String()``), which is also the name an
         #: interface value of it carries unless registered otherwise.
         self.name = name
+        self._hash: Optional[int] = None
 
     def __repr__(self) -> str:
         return f"<Go {self.name}>"
@@ -67,16 +68,19 @@ class GoType:
         return (self.kind, self.name)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, GoType) and self._key() == other._key()
+        return self is other or isinstance(other, GoType) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        found = self._hash
+        if found is None:
+            found = self._hash = hash(self._key())
+        return found
 
 
 class Basic(GoType):
     """A predefined scalar type: bool, the ints and uints, floats, complex, string, []byte."""
 
-    __slots__ = ("kind_", "id", "bits", "value_class")
+    __slots__ = ("kind_", "id", "bits", "value_class", "low", "high")
 
     def __init__(self, name: str, kind: str, wire_id: int, bits: int = 0) -> None:
         super().__init__(name)
@@ -84,6 +88,9 @@ class Basic(GoType):
         self.id = wire_id
         #: Width for range checks (ints, uints, floats, complex); 0: none.
         self.bits = bits
+        #: The values an integer type holds.
+        self.low, self.high = ((-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if kind == "int"
+                               else (0, (1 << bits) - 1) if kind == "uint" else (0, 0))
         #: The Python class values of this type arrive as (set with the value classes).
         self.value_class: Optional[type] = None
 
@@ -386,9 +393,7 @@ def round_float32(number: float) -> float:
 
 def int_range(go: Basic) -> tuple[int, int]:
     """The values an integer Go type holds."""
-    if go.kind == "int":
-        return -(1 << (go.bits - 1)), (1 << (go.bits - 1)) - 1
-    return 0, (1 << go.bits) - 1
+    return go.low, go.high
 
 
 class Int(_GoInt):
@@ -662,7 +667,12 @@ class GobRegistry:
     carries its concrete type's registered name, and both sides must know it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_unknown: bool = False) -> None:
+        #: Decode an interface value of an unregistered name instead of refusing it: a
+        #: struct as an inert ``msrpc.codec.UnknownObject`` (name and fields), anything
+        #: else as its plain value.  For tools that show values (``msrpc call``), never
+        #: for services.
+        self.keep_unknown = keep_unknown
         self._by_name: dict[str, GoType] = {basic.name: basic for basic in BASICS}
         for basic in BASICS:
             if basic is not BYTES:  # gob.Register'ed by Go itself: []int, []string...
@@ -671,6 +681,9 @@ class GobRegistry:
         self._by_name[TIME.name] = TIME
         self._structs: dict[type, Struct] = {}
         self._names: dict[type, str] = {}
+        #: The encoder's type definitions for a top-level type, which a fresh encoder
+        #: writes first and always alike (see msrpc.gob.encoder); cleared on changes.
+        self.definitions: dict[Any, Any] = {}
 
     def register(self, name: str, cls: Optional[T] = None) -> Any:
         """
@@ -688,6 +701,7 @@ class GobRegistry:
             raise ValueError(f"Go name {name!r} is already registered for {existing!r}")
         self._names[cls] = name
         self._structs.pop(cls, None)
+        self.definitions.clear()
         struct_type = self.struct_for(cls)
         self._by_name[name] = struct_type
         try:
@@ -704,6 +718,7 @@ class GobRegistry:
         return go
 
     def unregister(self, cls: type) -> None:
+        self.definitions.clear()
         name = self._names.pop(cls, None)
         self._structs.pop(cls, None)
         if name is not None:
