@@ -183,7 +183,8 @@ class Client:
                  pool: PoolSettings = PoolSettings(),
                  settings: Optional[ProtocolSettings] = None,
                  ejection: EjectionPolicy = EjectionPolicy(),
-                 dialect: Optional[str | Mapping[str, str]] = None) -> None:
+                 dialect: Optional[str | Mapping[str, str]] = None,
+                 gob_registry: Any = None) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         for name in ([dialect] if isinstance(dialect, str) else (dialect or {}).values()):
@@ -192,6 +193,8 @@ class Client:
         #: The dialect each service speaks when its instances do not say (``"msgo"``...).
         self.dialects = dialect
         self._dialects: dict[str, Any] = {}
+        #: Go names ↔ classes for msgo calls (None: ``msrpc.gob.default_registry``).
+        self.gob_registry = gob_registry
         self.reactor = reactor
         self.registry = registry
         self.timeout = timeout
@@ -243,7 +246,8 @@ class Client:
         if found is None and name == MSGO:
             from msrpc.msgo.client import MsgoDialect
             found = self._dialects[name] = MsgoDialect(
-                self.reactor, self._pool.connector, self._pool.settings.connect_timeout)
+                self.reactor, self._pool.connector, self._pool.settings.connect_timeout,
+                self.gob_registry)
         elif found is None and name not in DIALECTS:
             self.log.warn("ignoring unknown dialect {dialect!r} in instance metadata",
                           dialect=name)

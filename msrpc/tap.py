@@ -23,6 +23,7 @@ from msrpc.balance import make_balancer
 from msrpc.client import Client, RetryPolicy
 from msrpc.codec import Limits, make_codecs
 from msrpc.limits import parse_rate
+from msrpc.msgo import parse_dialect_option
 from msrpc.protocol import ProtocolSettings
 from msrpc.registry.options import check_registry_options, make_registry, registry_parameters
 from msrpc.server import Server, ServerLimits, is_tls_endpoint
@@ -68,6 +69,9 @@ class ServerOptions(usage.Options):
     longdesc = ("Serve msrpc services on an endpoint, register them in a registry and "
                 "wire a shared client for services that call others.")
 
+    optFlags = [
+        ["no-msgo", None, "Do not answer Go msgo clients (gob requests) on this port."],
+    ]
     optParameters = [
         ["listen", "l", "tcp:9112", "Endpoint string to listen on (tcp:9112, "
                                     "tcp:0:interface=127.0.0.1, unix:/path, ssl:...)."],
@@ -120,6 +124,7 @@ class ServerOptions(usage.Options):
         self["method-rates"] = {}
         self["balancers"] = {}
         self["idempotent"] = []
+        self["dialects"] = {}
 
     def opt_balancer(self, spec: str) -> None:
         """[SERVICE=]NAME  Balancer of the shared client, for all services or one
@@ -131,6 +136,15 @@ class ServerOptions(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["balancers"][service if sep else "*"] = name
+
+    def opt_dialect(self, spec: str) -> None:
+        """[SERVICE=]NAME  The protocol a service the shared client calls speaks when its
+        instances do not say: msgo (a Go msgo service) or msrpc (repeatable)."""
+        try:
+            service, name = parse_dialect_option(spec)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self["dialects"][service] = name
 
     def opt_idempotent(self, spec: str) -> None:
         """SERVICE.METHOD  The shared client may retry this method after it possibly ran
@@ -271,7 +285,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
                     idempotent=options["idempotent"],
                     retry=RetryPolicy(max_attempts=options["retries"] + 1),
                     tls=TLSFiles(options["call-tls-ca"], options["call-tls-cert"],
-                                 options["call-tls-key"]))
+                                 options["call-tls-key"]),
+                    dialect=options["dialects"] or None)
     rate = options["rate"] or (0.0, None)
     limits = ServerLimits(max_in_flight=options["max-in-flight"],
                           max_in_flight_per_connection=options["max-in-flight-per-connection"],
@@ -286,7 +301,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
                     grace=options["grace"], drain_timeout=options["drain-timeout"],
                     tokens=options["tokens"],
                     tls=TLSFiles(options["tls-client-ca"], options["tls-cert"],
-                                 options["tls-key"]))
+                                 options["tls-key"]),
+                    msgo=not options["no-msgo"])
     services = options["services"]
     if not services:
         from msrpc.demo import default_services

@@ -18,3 +18,11 @@ MSGO = "msgo"
 DIALECT_KEY = "dialect"
 #: The dialects a client can speak: msrpc's own, and msgo's.
 DIALECTS = ("msrpc", MSGO)
+
+
+def parse_dialect_option(spec: str) -> tuple[str, str]:
+    """``[SERVICE=]NAME`` (``--dialect``) → (service, or ``*`` for all; dialect name)."""
+    service, sep, name = spec.rpartition("=")
+    if name not in DIALECTS:
+        raise ValueError(f"unknown dialect {name!r}; choose {' or '.join(DIALECTS)}")
+    return (service if sep else "*"), name

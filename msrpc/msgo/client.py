@@ -16,7 +16,7 @@ and the Go types that were sent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -35,12 +35,12 @@ class MsgoDialect:
     """The client side of msgo for one ``Client``: connects a fresh exchange per call."""
 
     def __init__(self, clock: Any, connector: Connector, connect_timeout: float,
-                 registry: GobRegistry = default_registry,
+                 registry: Optional[GobRegistry] = None,
                  limits: Limits = DEFAULT_LIMITS) -> None:
         self.clock = clock
         self.connector = connector
         self.connect_timeout = connect_timeout
-        self.registry = registry
+        self.registry = registry = registry or default_registry
         self.settings = ProtocolSettings(
             codecs={GOB: MsgoClientCodec(registry, limits)}, serializer=GOB,
             compression=compress.GZIP, compression_threshold=0)
