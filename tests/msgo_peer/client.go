@@ -48,7 +48,8 @@ func call(addr, service, method string, args []any) (*MsRpcResponse, error) {
 }
 
 // parseArg: "int64:7", "uint8:3", "float32:1.5", "string:7", "bool:true",
-// "goods:{json}" (a *model.Goods), "any:[json]" (a []any of JSON values); a bare
+// "goods:{json}" (a *model.Goods), "any:[json]" (a []any of JSON values), "point:X,Y"
+// (a main.Point); a bare
 // integer is an int and anything else a string.
 func parseArg(text string) (any, error) {
 	kind, value, typed := strings.Cut(text, ":")
@@ -101,6 +102,14 @@ func parseArg(text string) (any, error) {
 	case "any":
 		var v []any
 		return v, json.Unmarshal([]byte(value), &v)
+	case "point": // a main.Point: a registered Go type Python peers do not know
+		x, y, _ := strings.Cut(value, ",")
+		px, err := strconv.Atoi(x)
+		if err != nil {
+			return nil, err
+		}
+		py, err := strconv.Atoi(y)
+		return Point{px, py}, err
 	}
 	return nil, errors.New("unknown argument type " + kind)
 }

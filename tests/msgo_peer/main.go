@@ -34,6 +34,7 @@ func init() {
 	gob.Register(map[string]any{})
 	gob.Register(map[string]int{})
 	gob.Register(time.Time{})
+	gob.Register(Point{})
 }
 
 func main() {
