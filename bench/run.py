@@ -31,6 +31,7 @@ if __package__ in (None, ""):
     _root = str(Path(__file__).resolve().parent.parent)
     sys.path[:1] = [_root]
 
+from bench import reactors
 from bench.systems import DEFAULT
 from bench.workload import HOST
 
@@ -289,7 +290,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,64",
                    help="calls in flight on the one connection, comma list (default 1,64)")
     p.add_argument("--systems", default=",".join(DEFAULT),
-                   help=f"comma list of bench/systems modules (default {','.join(DEFAULT)})")
+                   help=f"comma list of bench/systems modules, each optionally NAME@REACTOR "
+                   f"({', '.join(reactors.INSTALLERS)}; e.g. msrpc@uvloop) "
+                   f"(default {','.join(DEFAULT)})")
     p.add_argument("--baseline", default=DEFAULT[0],
                    help=f"system the ratios are relative to (default {DEFAULT[0]})")
     p.add_argument("--max-calls", type=int, default=1_000_000,
@@ -303,8 +306,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.systems = [s for s in args.systems.split(",") if s]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     for name in args.systems:
-        if not name.isidentifier() or find_spec(f"bench.systems.{name}") is None:
-            p.error(f"no system {name!r}: expected a module bench/systems/{name}.py")
+        system, reactor = reactors.split(name)
+        if not system.isidentifier() or find_spec(f"bench.systems.{system}") is None:
+            p.error(f"no system {system!r}: expected a module bench/systems/{system}.py")
+        if reactor is not None and reactor not in reactors.INSTALLERS:
+            p.error(f"no reactor {reactor!r}: choose one of {', '.join(reactors.INSTALLERS)}")
     if args.baseline not in args.systems:
         args.baseline = None
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or not args.systems:

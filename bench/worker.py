@@ -1,7 +1,7 @@
 """
 One benchmark process: a server or a client of one system.
 
-    python -m bench.worker server NAME [--port 0] [--cpu N]
+    python -m bench.worker server NAME[@REACTOR] [--port 0] [--cpu N]
         prints "READY <port>" on stdout once accepting, then serves until
         killed or until its stdin closes (the driver died).
     python -m bench.worker client NAME --port P --concurrency C
@@ -71,9 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.watch_stdin:
         _exit_when_stdin_closes()
 
+    from bench import reactors
     from bench.systems import load_system
 
-    system = load_system(args.system)
+    name, reactor = reactors.split(args.system)
+    reactors.install(reactor)
+    system = load_system(name)
     if args.role == "server":
         system.serve(args.host, args.port, _ready)
         return

@@ -11,7 +11,7 @@ import json
 import socket
 import types
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import msgpack
 from twisted.application.service import Service
@@ -34,6 +34,7 @@ from msrpc.registry.instance import IDEMPOTENT_KEY, ServiceInstance
 from msrpc.registry.interface import IRegistration, IRegistry
 from msrpc.service import Method, methods_of
 from msrpc.sweep import SERVER_KEEPALIVE, KeepaliveSettings, Sweeper
+from msrpc.threads import Pool, ThreadSettings, Threads
 from msrpc.tls import TLSFiles, server_options
 from msrpc.wire import Serializer
 
@@ -104,12 +105,21 @@ class Dispatcher:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, limits: ServerLimits = ServerLimits(),
-                 tokens: Optional[Iterable[str]] = None, msgo: bool = True) -> None:
+                 tokens: Optional[Iterable[str]] = None,
+                 threads: Optional[Threads] = None, blocking: bool = False,
+                 msgo: bool = True) -> None:
         self.clock = clock
         #: Serve Go msgo clients (gob requests), see ``msrpc.msgo.server``.
         self.msgo = msgo
         self._msgo: Any = None
         self.limits = limits
+        #: Runs the methods marked blocking (``msrpc.threads``); ``blocking`` is the
+        #: default for plain handlers that do not say.
+        self.threads = threads
+        self.blocking = blocking
+        #: How ``async def`` handlers run: ``Deferred.fromCoroutine``, or as asyncio tasks
+        #: under an asyncio reactor (``msrpc.aio.coroutine_runner``).
+        self.run_coroutine: Callable[[Any], Deferred[Any]] = Deferred.fromCoroutine
         self.methods: dict[tuple[str, str], Method] = {}
         self.services: dict[str, Any] = {}
         self.limiter: Optional[TokenBucket] = (
@@ -129,7 +139,7 @@ class Dispatcher:
     def add_service(self, name: str, obj: Any, check_types: bool = True) -> None:
         if name in self.services:
             raise ValueError(f"service {name!r} is already registered")
-        found = methods_of(name, obj, check_types)
+        found = methods_of(name, obj, check_types, self.blocking)
         if not found:
             raise ValueError(f"service {name!r} has no public methods")
         self.services[name] = obj
@@ -216,6 +226,9 @@ class Dispatcher:
             if problem is not None:
                 protocol.reply(rid, ser, 400, msg=f"{service}.{name}: {problem}")
                 return
+        if method.blocking:
+            self._run_on_thread(protocol, rid, ser, method, args, kwargs, now, remaining)
+            return
         try:
             result = method.fn(*args, **kwargs) if kwargs else method.fn(*args)
         except TypeError as e:
@@ -246,6 +259,21 @@ class Dispatcher:
             from msrpc.msgo.server import MsgoServer
             self._msgo = MsgoServer(self)
         return self._msgo.view(protocol)
+
+    def _run_on_thread(self, protocol: RpcProtocol, rid: int, ser: int, method: Method,
+                       args: Any, kwargs: Any, now: float, remaining: Any) -> None:
+        threads = self.threads
+        if threads is None:
+            protocol.reply(rid, ser, 503, msg="server has no handler threads (not started)")
+            return
+        d = threads.submit(method.fn, args, kwargs or _NO_KWARGS,
+                           f"{method.service}.{method.name}")
+        if d is None:
+            protocol.reply(rid, ser, 503, msg="server overloaded: every handler thread is "
+                                              "busy and the thread queue is full")
+            return
+        self._track(protocol, rid, ser, method, d,
+                    now + remaining / 1000.0 if remaining is not None else None)
 
     def _token_ok(self, protocol: RpcProtocol, comp: int, ser: int, body: bytes) -> bool:
         """Read only the request's meta (never its arguments) and check the token."""
@@ -283,7 +311,7 @@ class Dispatcher:
     def _track(self, protocol: RpcProtocol, rid: int, ser: int, method: Method, result: Any,
                deadline: Optional[float]) -> None:
         running = _Running(protocol, rid, ser, method)
-        d = result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
+        d = result if isinstance(result, Deferred) else self.run_coroutine(result)
         running.deferred = d
         protocol.server_calls[rid] = running
         self.in_flight += 1
@@ -340,6 +368,11 @@ class Dispatcher:
             self._finish(running)
             if running.deferred is not None:
                 running.deferred.cancel()
+
+    def close(self) -> None:
+        """Drop the deadline timer once every connection is gone (a stopped server leaves
+        no timer behind)."""
+        self._deadlines.clear()
 
     def when_idle(self) -> "Deferred[None]":
         """Fires once no call is in flight (now, if none is)."""
@@ -464,7 +497,8 @@ class Server(Service):
                  tokens: Optional[Iterable[str]] = None,
                  grace: float = 2.0, drain_timeout: float = 10.0,
                  check_types: bool = True, tls: Optional[TLSFiles] = None,
-                 msgo: bool = True) -> None:
+                 threads: ThreadSettings = ThreadSettings(),
+                 thread_pool: Optional[Pool] = None, msgo: bool = True) -> None:
         self.reactor = reactor
         self.listen = listen
         self.registry = registry
@@ -480,7 +514,13 @@ class Server(Service):
                              "wrapping it in TLS again would fail every call")
         if self.tls is not None or is_tls_endpoint(listen):
             self.metadata.setdefault("tls", "1")  # clients must not talk to us in clear
-        self.dispatcher = Dispatcher(reactor, limits, tokens, msgo)
+        self.dispatcher = Dispatcher(reactor, limits, tokens, blocking=threads.blocking,
+                                     msgo=msgo)
+        from msrpc.aio import coroutine_runner
+
+        self.dispatcher.run_coroutine = coroutine_runner(reactor)
+        self.thread_settings = threads
+        self._thread_pool = thread_pool
         self.settings = settings or ProtocolSettings()
         self.sweeper = Sweeper(reactor, keepalive)
         self.factory = RpcServerFactory(self.dispatcher, self.settings, self.sweeper)
@@ -522,6 +562,12 @@ class Server(Service):
 
     def startService(self) -> None:
         Service.startService(self)
+        if any(method.blocking for method in self.dispatcher.methods.values()):
+            # A fresh pool per start: a stopped ThreadPool cannot be started again.
+            threads = Threads(self.reactor.callFromThread, self.thread_settings,
+                              self._thread_pool)
+            threads.start()
+            self.dispatcher.threads = threads
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self.ready.callback, self._start_failed)
 
@@ -612,6 +658,9 @@ class Server(Service):
                               n=self.dispatcher.in_flight)
         await self.factory.close_all()
         self.sweeper.stop()
+        self.dispatcher.close()
+        if self.dispatcher.threads is not None:
+            self.dispatcher.threads.stop()
 
     async def _unless_hurried(self, step: "Deferred[Any]") -> None:
         """Wait for one phase of the stop, unless ``hurry`` cuts it short."""

@@ -26,11 +26,18 @@ _HIDDEN_ATTR = "__msrpc_hidden__"
 Checker = Callable[[Sequence[Any], dict], Optional[str]]
 
 
-def expose(name: Optional[str] = None, *, idempotent: bool = False) -> Callable[[Any], Any]:
-    """Publish a method under ``name`` and/or declare it idempotent (safe to retry)."""
+def expose(name: Optional[str] = None, *, idempotent: bool = False,
+           blocking: Optional[bool] = None) -> Callable[[Any], Any]:
+    """
+    Publish a method under ``name``, declare it idempotent (safe to retry), and/or say
+    whether it blocks: ``blocking=True`` runs it on the server's handler threads
+    (``msrpc.threads``), ``False`` on the reactor even when the server's default is to
+    run plain handlers on threads; None follows that default.
+    """
 
     def mark(fn: Any) -> Any:
-        setattr(fn, _EXPOSE_ATTR, {"name": name, "idempotent": idempotent})
+        setattr(fn, _EXPOSE_ATTR, {"name": name, "idempotent": idempotent,
+                                   "blocking": blocking})
         return fn
 
     return mark
@@ -45,14 +52,17 @@ def hidden(fn: Any) -> Any:
 class Method:
     """One callable RPC method and what is checked before calling it."""
 
-    __slots__ = ("service", "name", "fn", "checker", "limiter", "idempotent")
+    __slots__ = ("service", "name", "fn", "checker", "limiter", "idempotent", "blocking")
 
     def __init__(self, service: str, name: str, fn: Callable[..., Any],
-                 idempotent: bool = False, check_types: bool = True) -> None:
+                 idempotent: bool = False, check_types: bool = True,
+                 blocking: bool = False) -> None:
         self.service = service
         self.name = name
         self.fn = fn
         self.idempotent = idempotent
+        #: Called on a handler thread (an execution policy, like ``limiter``).
+        self.blocking = blocking
         self.checker: Optional[Checker] = make_checker(fn) if check_types else None
         self.limiter: Optional[TokenBucket] = None
 
@@ -60,8 +70,10 @@ class Method:
         return f"<Method {self.service}.{self.name}>"
 
 
-def methods_of(service: str, obj: Any, check_types: bool = True) -> dict[str, Method]:
-    """The RPC methods a service object offers, by wire name."""
+def methods_of(service: str, obj: Any, check_types: bool = True,
+               blocking: bool = False) -> dict[str, Method]:
+    """The RPC methods a service object offers, by wire name.  ``blocking`` is the default
+    for plain (non-``async``) handlers that do not say with ``@expose(blocking=...)``."""
     found: dict[str, Method] = {}
     for attr_name in dir(obj):
         if attr_name.startswith("_"):
@@ -74,8 +86,15 @@ def methods_of(service: str, obj: Any, check_types: bool = True) -> dict[str, Me
             continue
         marks = getattr(fn, _EXPOSE_ATTR, None) or {}
         wire_name = marks.get("name") or attr_name
+        is_async = inspect.iscoroutinefunction(fn)
+        runs_on_thread = marks.get("blocking")
+        if runs_on_thread is None:
+            runs_on_thread = blocking and not is_async
+        elif runs_on_thread and is_async:
+            raise ValueError(f"{service}.{wire_name} is async def: it runs on the reactor "
+                             "and cannot be blocking=True")
         found[wire_name] = Method(service, wire_name, fn, bool(marks.get("idempotent")),
-                                  check_types)
+                                  check_types, bool(runs_on_thread))
     return found
 
 

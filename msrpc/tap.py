@@ -29,6 +29,7 @@ from msrpc.registry.options import check_registry_options, make_registry, regist
 from msrpc.server import Server, ServerLimits, is_tls_endpoint
 from msrpc.stopping import SecondSignal, SequentialMultiService
 from msrpc.sweep import KeepaliveSettings
+from msrpc.threads import ThreadSettings
 from msrpc.tls import TLSFiles
 from msrpc.wire import DEFAULT_MAX_FRAME
 
@@ -69,9 +70,6 @@ class ServerOptions(usage.Options):
     longdesc = ("Serve msrpc services on an endpoint, register them in a registry and "
                 "wire a shared client for services that call others.")
 
-    optFlags = [
-        ["no-msgo", None, "Do not answer Go msgo clients (gob requests) on this port."],
-    ]
     optParameters = [
         ["listen", "l", "tcp:9112", "Endpoint string to listen on (tcp:9112, "
                                     "tcp:0:interface=127.0.0.1, unix:/path, ssl:...)."],
@@ -99,6 +97,11 @@ class ServerOptions(usage.Options):
          float],
         ["frame-timeout", None, 30.0, "Close peers whose frame stays incomplete this long.",
          float],
+        ["threads", None, ThreadSettings.size, "Threads running blocking handlers "
+                                               "(@expose(blocking=True), or all plain ones "
+                                               "with --blocking).", int],
+        ["thread-queue", None, ThreadSettings.queue, "Calls waiting for a handler thread "
+                                                     "before answering 503.", int],
         ["compression", None, "none", "Compress large replies: none, gzip, zstd."],
         ["timeout", None, 10.0, "Default call timeout of the shared client, seconds.",
          float],
@@ -116,6 +119,12 @@ class ServerOptions(usage.Options):
         ["call-tls-cert", None, None, "Client certificate of the shared client (PEM)."],
         ["call-tls-key", None, None, "Key of --call-tls-cert (PEM)."],
     ] + registry_parameters()
+
+    optFlags = [
+        ["blocking", None, "Run every plain (non-async) handler on the handler threads, "
+                           "unless it says @expose(blocking=False)."],
+        ["no-msgo", None, "Do not answer Go msgo clients (gob requests) on this port."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -236,8 +245,11 @@ class ServerOptions(usage.Options):
                                            f"from 1 to 65535, got {self['advertise']!r}")
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be > 0")
+        if self["threads"] < 1:
+            raise usage.UsageError("--threads must be >= 1 (blocking handlers need a thread)")
         for option in ("grace", "drain-timeout", "weight", "idle-timeout", "frame-timeout",
-                       "max-in-flight", "max-in-flight-per-connection", "max-connections"):
+                       "max-in-flight", "max-in-flight-per-connection", "max-connections",
+                       "thread-queue"):
             if self[option] < 0:
                 raise usage.UsageError(f"--{option} must be >= 0")
 
@@ -302,6 +314,9 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
                     tokens=options["tokens"],
                     tls=TLSFiles(options["tls-client-ca"], options["tls-cert"],
                                  options["tls-key"]),
+                    threads=ThreadSettings(size=options["threads"],
+                                           queue=options["thread-queue"],
+                                           blocking=bool(options["blocking"])),
                     msgo=not options["no-msgo"])
     services = options["services"]
     if not services:

@@ -15,13 +15,14 @@ sockets and time is a ``Clock``, so tests are fast and deterministic::
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from msrpc.client import Client
@@ -31,6 +32,57 @@ from msrpc.registry.static import StaticRegistry
 from msrpc.server import Dispatcher, RpcServerFactory, ServerLimits, published_metadata
 from msrpc.protocol import ProtocolSettings
 from msrpc.sweep import SERVER_KEEPALIVE, KeepaliveSettings, Sweeper
+from msrpc.threads import ThreadSettings, Threads
+
+
+class ManualThreadPool:
+    """
+    A stand-in for the handler thread pool, without threads: work waits until
+    ``run_next``/``run_all`` runs it on the caller's thread (at once with ``immediate``),
+    so tests of blocking handlers stay deterministic.  A handler may ``clock.advance``
+    to let time pass while it "runs".
+    """
+
+    def __init__(self, immediate: bool = False) -> None:
+        self.immediate = immediate
+        self.queue: list[tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self.started = False
+        self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def callInThreadWithCallback(self, onResult: Any, func: Callable[..., Any], *args: Any,
+                                 **kw: Any) -> None:
+        self.queue.append((onResult, func, args, kw))
+        if self.immediate:
+            self.run_all()
+
+    def run_next(self) -> bool:
+        """Run the oldest waiting work item; False if none waits."""
+        if not self.queue:
+            return False
+        on_result, func, args, kw = self.queue.pop(0)
+        try:
+            result, ok = func(*args, **kw), True
+        except BaseException:
+            result, ok = Failure(), False
+        if on_result is not None:
+            on_result(ok, result)
+        return True
+
+    def run_all(self) -> int:
+        ran = 0
+        while self.run_next():
+            ran += 1
+        return ran
+
+
+def _call_now(f: Callable[..., Any], *args: Any) -> None:
+    f(*args)
 
 
 class MemoryServer:
@@ -76,14 +128,20 @@ class MemoryNetwork:
                limits: ServerLimits = ServerLimits(), tokens: Any = None,
                settings: Optional[ProtocolSettings] = None,
                keepalive: KeepaliveSettings = SERVER_KEEPALIVE, weight: float = 10.0,
-               register: bool = True) -> MemoryServer:
+               register: bool = True, threads: ThreadSettings = ThreadSettings(),
+               thread_pool: Optional[ManualThreadPool] = None) -> MemoryServer:
         """Serve ``services`` at ``address`` (default: a new one) and list them in
-        ``self.registry``."""
+        ``self.registry``.  Blocking handlers run on ``thread_pool`` (default: a
+        ``ManualThreadPool`` that runs them at once)."""
         if address is None:
             self._next_port += 1
             address = f"127.0.0.1:{self._next_port}"
         host, port = parse_address(address)
-        dispatcher = Dispatcher(self.clock, limits, tokens)
+        handler_threads = Threads(_call_now, threads, thread_pool if thread_pool is not None
+                                  else ManualThreadPool(immediate=True))
+        handler_threads.start()
+        dispatcher = Dispatcher(self.clock, limits, tokens, threads=handler_threads,
+                                blocking=threads.blocking)
         for name, obj in services.items():
             dispatcher.add_service(name, obj)
         factory = RpcServerFactory(dispatcher, settings or ProtocolSettings(),

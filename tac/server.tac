@@ -18,13 +18,19 @@ from twisted.internet import reactor
 from msrpc.demo import default_services
 from msrpc.registry.local import LocalRegistry
 from msrpc.server import Server
+from msrpc.stopping import SecondSignal, SequentialMultiService
 from msrpc.tap import Closing
 
 application = service.Application("msrpc-demo")
+# Stopped one after the other, last added first: the server drains, then the registry
+# closes.  A second SIGTERM or Ctrl-C cuts the drain short.
+parts = SequentialMultiService()
+parts.setServiceParent(application)
 
 registry = LocalRegistry(reactor)
-Closing("registry", registry.close).setServiceParent(application)
+Closing("registry", registry.close).setServiceParent(parts)
 
 server = Server(reactor, os.environ.get("MSRPC_LISTEN", "tcp:9112:interface=127.0.0.1"),
                 registry=registry, services=default_services(reactor), grace=1.0)
-server.setServiceParent(application)
+server.setServiceParent(parts)
+SecondSignal(reactor, server.hurry).setServiceParent(parts)

@@ -100,3 +100,17 @@ class PerCallTests(TestCase):
             for measure in (baseline, ours):
                 for batch in (1, 5):
                     self.assertGreater(measure(batch, 3), 0.0)
+
+
+class ReactorChoiceTests(TestCase):
+    def test_system_names_may_carry_a_reactor(self) -> None:
+        from bench import reactors
+        self.assertEqual(reactors.split("msrpc@uvloop"), ("msrpc", "uvloop"))
+        self.assertEqual(reactors.split("msrpc"), ("msrpc", None))
+        self.assertEqual(set(reactors.INSTALLERS), {"epoll", "asyncio", "uvloop"})
+
+    def test_bench_run_refuses_an_unknown_reactor(self) -> None:
+        from bench.run import parse_args
+        self.assertEqual(parse_args(["--systems", "baseline,msrpc@asyncio"]).systems,
+                         ["baseline", "msrpc@asyncio"])
+        self.assertRaises(SystemExit, parse_args, ["--systems", "msrpc@nope"])

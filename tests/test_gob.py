@@ -19,7 +19,7 @@ from typing import Annotated, Any, Optional
 from twisted.trial.unittest import TestCase
 
 from msrpc import gob
-from msrpc.codec import Limits
+from msrpc.codec import Limits, UnknownObject
 from msrpc.errors import DecodeError, EncodeError
 from msrpc.gob import (
     BYTES, FLOAT32, INT, INT8, INT64, INTERFACE, STRING, UINT8, Float32, Int8, Int16, Int64,
@@ -307,6 +307,27 @@ class DecodeBehaviourTests(TestCase):
     def test_arrays_as_map_keys_come_back_as_tuples(self) -> None:
         data = encode({(1, 2): "x"}, map_of(array_of(INT, 2), STRING))
         self.assertEqual(decode(data), {(1, 2): "x"})
+
+
+class KeepUnknownTests(TestCase):
+    """A tool's registry (``msrpc call``'s) shows Go structs it has no class for."""
+
+    def test_an_unregistered_struct_decodes_inertly_and_encodes_back_the_same(self) -> None:
+        registry = gob.GobRegistry(keep_unknown=True)
+        data = GO_VECTORS["interface_nested"]
+        value = gob.decode(data, ANYS, registry=registry)
+        result = value[1]
+        self.assertIsInstance(result, UnknownObject)
+        self.assertEqual((result.type_name, result.fields["Code"]), ("*model.Result", 200))
+        self.assertEqual(result.fields["Data"].type_name, "*model.Goods")
+        self.assertEqual(gob.decode(gob.encode(value, ANYS, registry=registry), ANYS,
+                                    registry=registry), value)
+
+    def test_other_unregistered_names_decode_as_their_values(self) -> None:
+        registry = gob.GobRegistry(keep_unknown=True)
+        data = encode([typed([1, 2], slice_of(INT64, name="main.IDs"))], ANYS)
+        self.assertEqual(gob.decode(data, registry=registry), [[1, 2]])
+        self.assertRaises(DecodeError, gob.decode, data, registry=gob.GobRegistry())
 
 
 class EncodeBehaviourTests(TestCase):

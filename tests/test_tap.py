@@ -14,6 +14,7 @@ from msrpc import __version__, tap
 from msrpc.demo import Arith, Echo
 from msrpc.registry.static import StaticRegistry
 from msrpc.stopping import SequentialMultiService
+from msrpc.threads import ThreadSettings
 
 
 class NeedsClient:
@@ -69,7 +70,9 @@ class OptionTests(TestCase):
                  "--etcd is an option of the etcd registry"),
                 (["--nacos-group", "G"], "--nacos-group is an option of the nacos registry"),
                 (["--timeout", "0"], "--timeout must be > 0"),
-                (["--grace", "-1"], "--grace must be >= 0")):
+                (["--grace", "-1"], "--grace must be >= 0"),
+                (["--threads", "0"], "--threads must be >= 1"),
+                (["--thread-queue", "-1"], "--thread-queue must be >= 0")):
             error = self.assertRaises(usage.UsageError, parse, *argv)
             self.assertIn(message, str(error), argv)
 
@@ -133,6 +136,12 @@ class ServiceTreeTests(TestCase):
         self.assertEqual(server.settings.max_frame, 4096)
         self.assertIsNotNone(server.dispatcher.limiter)
         self.assertEqual(server.weight, 3.0)
+
+    def test_thread_options_reach_the_server(self) -> None:
+        server = self.make("--threads", "32", "--thread-queue", "5", "--blocking").server
+        self.assertEqual(server.thread_settings, ThreadSettings(32, 5, blocking=True))
+        self.assertTrue(server.dispatcher.methods[("arith", "add")].blocking)
+        self.assertFalse(server.dispatcher.methods[("arith", "slow_add")].blocking)  # async
 
     def test_client_options_reach_the_shared_client(self) -> None:
         top = self.make("--balancer", "round_robin", "--balancer", "arith=least_outstanding",

@@ -209,6 +209,8 @@ class Struct(GoType):
         return self._by_go_name.get(go_name)
 
     def _key(self) -> Any:
+        if self.cls is None:  # known only by its fields (a struct shown inertly)
+            return ("struct", self.name, tuple((f.go_name, f.type) for f in self._fields))
         return ("struct", self.name, self.cls)
 
     def __eq__(self, other: object) -> bool:

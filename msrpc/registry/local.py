@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sqlite3
-import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from msrpc.errors import RegistryError
@@ -42,6 +40,7 @@ from msrpc.registry.interface import (IRegistration, IRegistry, IServiceCatalog,
                                       WatchCallback)
 from msrpc.registry.polling import PollingWatch
 from msrpc.registry.registration import CallbackWatch, Registration
+from msrpc.threads import DaemonThreadPool
 
 T = TypeVar("T")
 
@@ -350,18 +349,6 @@ class Store:
 # --------------------------------------------------------------------------- reactor side
 
 
-def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
-    return threading.Thread(*args, daemon=True, **kwargs)
-
-
-class _DaemonThreadPool(ThreadPool):
-    """A pool whose thread never keeps the interpreter alive: a program that forgets to
-    close its registry still exits (the heartbeat stops, the row expires by TTL, and SQLite's
-    journal keeps the file consistent even if a write is cut short)."""
-
-    threadFactory = staticmethod(_daemon_thread)  # type: ignore[assignment]
-
-
 class _ThreadExecutor:
     """
     One dedicated thread for all SQLite calls.  It starts when the reactor runs (so
@@ -371,8 +358,11 @@ class _ThreadExecutor:
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
-        self._pool = _DaemonThreadPool(minthreads=1, maxthreads=1,
-                                       name="msrpc-local-registry")
+        # Daemon threads: a program that forgets to close its registry still exits (the
+        # heartbeat stops, the row expires by TTL, and SQLite's journal keeps the file
+        # consistent even if a write is cut short).
+        self._pool = DaemonThreadPool(minthreads=1, maxthreads=1,
+                                      name="msrpc-local-registry")
         reactor.callWhenRunning(self._pool.start)
         self._trigger: Any = reactor.addSystemEventTrigger(
             "during", "shutdown", self._on_shutdown)

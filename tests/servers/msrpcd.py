@@ -51,21 +51,23 @@ class MsrpcDaemon:
 
     def __init__(self, reactor: Any, workdir: Path, args: Sequence[str],
                  env: Optional[dict[str, str]] = None, name: str = "msrpcd",
-                 tac: Optional[Path] = None) -> None:
+                 tac: Optional[Path] = None, twistd_args: Sequence[str] = ()) -> None:
         self.reactor = reactor
         self.workdir = workdir
         self.args = list(args)
         self.tac = tac
+        #: twistd's own options (``--reactor=asyncio``), before the plugin name.
+        self.twistd_args = list(twistd_args)
         self.env = child_env(env)
         self.log_path = workdir / f"{name}.log"
         self.process: Optional[LoggedProcess] = None
         self.port: Optional[int] = None
 
     def argv(self) -> list[str]:
+        base = [twistd(), "-n", "--pidfile=", "--logfile=-", *self.twistd_args]
         if self.tac is not None:
-            return [twistd(), "-n", "--pidfile=", "--logfile=-", "-y", str(self.tac)]
-        return [twistd(), "-n", "--pidfile=", "--logfile=-", "msrpc",
-                "--listen", "tcp:0:interface=127.0.0.1", *self.args]
+            return [*base, "-y", str(self.tac)]
+        return [*base, "msrpc", "--listen", "tcp:0:interface=127.0.0.1", *self.args]
 
     def start(self, registered: int = 0, timeout: float = 30.0) -> "defer.Deferred[None]":
         """Spawn, then wait until it serves (and has made ``registered`` registrations)."""
@@ -130,10 +132,10 @@ def workdir(test: TestCase) -> Path:
 
 def start_daemon(test: TestCase, reactor: Any, directory: Path, args: Sequence[str],
                  registered: int = 0, env: Optional[dict[str, str]] = None,
-                 name: str = "msrpcd", tac: Optional[Path] = None
-                 ) -> "defer.Deferred[MsrpcDaemon]":
+                 name: str = "msrpcd", tac: Optional[Path] = None,
+                 twistd_args: Sequence[str] = ()) -> "defer.Deferred[MsrpcDaemon]":
     """Start a daemon stopped (SIGTERM, then SIGKILL) after the test; its log on failure."""
-    daemon = MsrpcDaemon(reactor, directory, args, env, name, tac)
+    daemon = MsrpcDaemon(reactor, directory, args, env, name, tac, twistd_args)
 
     def cleanup() -> "defer.Deferred[None]":
         if daemon.process is not None and daemon.process.running:
