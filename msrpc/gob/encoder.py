@@ -127,8 +127,10 @@ class Encoder:
         if isinstance(value, GobEncoded):
             return Opaque(value.type_name)
         if isinstance(value, UnknownObject):  # a struct kept by a keep_unknown registry
+            # A field holding a named struct came in an interface: it goes in one again.
             return Struct(value.type_name, [
-                Field(name, name, INTERFACE if item is None else self.infer(item))
+                Field(name, name, INTERFACE if item is None or isinstance(item, UnknownObject)
+                      else self.infer(item))
                 for name, item in value.fields.items()])
         if dataclasses.is_dataclass(cls) or attr.has(cls):
             return self.registry.struct_for(cls)
