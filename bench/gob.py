@@ -27,7 +27,6 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -37,31 +36,17 @@ from msrpc.gob import Int64, Int16
 from msrpc.msgo.messages import MsRpcRequest, MsRpcResponse
 
 REPO = Path(__file__).resolve().parents[1]
-GOB_TYPES = gob.GobRegistry()
+sys.path.insert(0, str(REPO))
+from tests.gob_models import REGISTRY as GOB_TYPES, Goods, Result  # noqa: E402
+
+#: The same classes for msgpack, under msrpc names.
 MSGPACK_TYPES = TypeRegistry()
-
-
-@GOB_TYPES.register("*model.Goods")
-@MSGPACK_TYPES.register(name="model.Goods")
-@dataclass
-class Goods:
-    Id: Int64 = Int64(0)
-    Name: str = ""
-    Price: float = 0.0
-    Tags: list[str] = field(default_factory=list)
-
-
-@GOB_TYPES.register("*model.Result")
-@MSGPACK_TYPES.register(name="model.Result")
-@dataclass
-class Result:
-    Code: int = 0
-    Msg: str = ""
-    Data: Any = None
+MSGPACK_TYPES.register(Goods, name="model.Goods")
+MSGPACK_TYPES.register(Result, name="model.Result")
 
 
 def _goods(i: int) -> Goods:
-    return Goods(Int64(i), f"goods-{i}", 9.5, ["new", "sale"])
+    return Goods(Int64(i), f"goods-{i}", 9.5, ["new", "sale"], None)
 
 
 #: (name, msgo's message, msrpc's body with the same data)
@@ -128,7 +113,6 @@ def codec_part(repeat: int, rounds: int, out: Any) -> None:
 
 def build_peer() -> Path:
     """The Go peer, built as the test suite builds it (``tests/servers/msgo.py``)."""
-    sys.path.insert(0, str(REPO))
     from tests.servers.msgo import BUILD_DIR, PEER_SOURCE, _source_digest, go_command, go_env
 
     target = BUILD_DIR / f"msgo-peer-{_source_digest()}"

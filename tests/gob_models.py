@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional
 
 from msrpc import gob
+from msrpc.msgo.messages import MsRpcRequest, MsRpcResponse
 from msrpc.gob import (
     COMPLEX64, FLOAT32, INT, INT8, INT64, INTERFACE, STRING, UINT8, UINT64, Complex64,
     Float32, Int8, Int16, Int32, Int64, Uint, Uint8, Uint16, Uint64, array_of, map_of,
@@ -68,24 +69,6 @@ class Kinds:
     PP: Optional[Point] = None
     Any: Any = None
     T: Optional[dt.datetime] = None
-
-
-@dataclass
-class MsRpcRequest:
-    RequestId: Int64 = Int64(0)
-    ServiceName: str = ""
-    MethodName: str = ""
-    Args: list[Any] = field(default_factory=list)
-
-
-@dataclass
-class MsRpcResponse:
-    RequestId: Int64 = Int64(0)
-    Code: Int16 = Int16(0)
-    Msg: str = ""
-    CompressType: Uint8 = Uint8(0)
-    SerializeType: Uint8 = Uint8(0)
-    Data: Any = None
 
 
 def struct(cls: type) -> gob.Struct:

@@ -7,29 +7,16 @@ argument types, and results declared as the Go types the Go side asserts.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from msrpc import gob
 from msrpc.gob import Int64
+from tests.gob_models import Goods, Result
 
 
-@gob.register("*model.Goods")
-@dataclass
-class Goods:
-    Id: Int64 = Int64(0)
-    Name: str = ""
-    Price: float = 0.0
-    Tags: list[str] = field(default_factory=list)
-    Added: Optional[dt.datetime] = None
-
-
-@gob.register("*model.Result")
-@dataclass
-class Result:
-    Code: int = 0
-    Msg: str = ""
-    Data: Any = None
+# The Go peer's model types, in the registry twistd msrpc's server uses.
+gob.register("*model.Goods", Goods)
+gob.register("*model.Result", Result)
 
 
 class GoodsService:

@@ -19,7 +19,8 @@ from typing import Any, Optional
 from msrpc.codec import DEFAULT_LIMITS, Limits, UnknownObject
 from msrpc.errors import DecodeError
 from msrpc.gob.types import (
-    BOOL_ID, BYTES, BYTES_ID, COMPLEX_ID, FIRST_USER_ID, FLOAT_ID, INT_ID, INTERFACE,
+    BOOL_ID, BYTES, BYTES_ID, COMPLEX64, COMPLEX_ID, FIRST_USER_ID, FLOAT32, FLOAT_ID, INT_ID,
+    INTERFACE,
     INTERFACE_ID, STRING_ID, TIME, UINT_ID, Array, Basic, GobEncoded, GobRegistry, GoType, Map,
     Opaque, Slice, Struct, load_time, default_registry, round_float32, zero_value,
 )
@@ -343,7 +344,7 @@ class Decoder:
             if kind not in ("", "complex"):
                 raise self._mismatch(type_id, target)  # type: ignore[arg-type]
             real = self._float()
-            return _fit_complex(complex(real, self._float()), target)
+            return _fit_float(complex(real, self._float()), target)
         wire = self._wire(type_id)
         if target is not None and kind != wire.kind and not (
                 wire.kind == "slice" and kind == "bytes"):
@@ -497,26 +498,16 @@ def _fit_int(number: int, target: Optional[GoType]) -> Any:
     return target.value_class(number) if target.value_class is not None else number
 
 
-def _fit_float(number: float, target: Optional[GoType]) -> Any:
+def _fit_float(number: Any, target: Optional[GoType]) -> Any:
+    """A float or complex as the declared type: float32 and complex64 must hold it."""
     if not isinstance(target, Basic):
         return number
-    if target.bits == 32:
+    if target is FLOAT32 or target is COMPLEX64:
         try:
-            round_float32(number)
+            for part in (number.real, number.imag):
+                round_float32(part)
         except OverflowError:
-            raise DecodeError(f"gob value {number!r} overflows float32") from None
-    return target.value_class(number) if target.value_class is not None else number
-
-
-def _fit_complex(number: complex, target: Optional[GoType]) -> Any:
-    if not isinstance(target, Basic):
-        return number
-    if target.bits == 64:
-        try:
-            round_float32(number.real)
-            round_float32(number.imag)
-        except OverflowError:
-            raise DecodeError(f"gob value {number!r} overflows complex64") from None
+            raise DecodeError(f"gob value {number!r} overflows {target.name}") from None
     return target.value_class(number) if target.value_class is not None else number
 
 

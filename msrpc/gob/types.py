@@ -305,43 +305,46 @@ def map_of(key: Any, elem: Any, name: Optional[str] = None) -> Map:
 # --------------------------------------------------------------------------- value classes
 
 
-class _GoInt(int):
-    """Base of the integer value classes: range-checked on construction."""
+class _GoNumber:
+    """What the value classes share: their Go type, a repr naming it, pickling."""
 
     go: ClassVar[Basic]
-    _low: ClassVar[int]
-    _high: ClassVar[int]
+    #: int, float or complex.
+    base: ClassVar[type]
     __slots__ = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._low, cls._high = int_range(cls.go)
-        cls.go.value_class = cls
+        if "go" in cls.__dict__:
+            cls.go.value_class = cls
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base(self)!r})"
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.base(self),))
+
+
+class _GoInt(_GoNumber, int):
+    """Base of the integer value classes: range-checked on construction."""
+
+    base = int
+    __slots__ = ()
+    __str__ = int.__repr__
 
     def __new__(cls, value: Any = 0) -> Any:
         self = super().__new__(cls, value)
-        if not cls._low <= self <= cls._high:
+        if not cls.go.low <= self <= cls.go.high:
             raise OverflowError(f"{int(self)} is out of range for Go {cls.go.name}")
         return self
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({int(self)})"
 
-    __str__ = int.__repr__
-
-    def __reduce__(self) -> Any:
-        return (type(self), (int(self),))
-
-
-class _GoFloat(float):
+class _GoFloat(_GoNumber, float):
     """Base of Float32/Float64: a float32 is rounded as Go rounds it."""
 
-    go: ClassVar[Basic]
+    base = float
     __slots__ = ()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.go.value_class = cls
+    __str__ = float.__repr__
 
     def __new__(cls, value: Any = 0.0) -> Any:
         number = float(value)
@@ -349,38 +352,19 @@ class _GoFloat(float):
             number = round_float32(number)
         return super().__new__(cls, number)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({float(self)!r})"
 
-    __str__ = float.__repr__
+class _GoComplex(_GoNumber, complex):
+    """Base of Complex64/Complex128: a complex64's parts are rounded to float32."""
 
-    def __reduce__(self) -> Any:
-        return (type(self), (float(self),))
-
-
-class _GoComplex(complex):
-    """Base of Complex64/Complex128."""
-
-    go: ClassVar[Basic]
+    base = complex
     __slots__ = ()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.go.value_class = cls
+    __str__ = complex.__repr__
 
     def __new__(cls, real: Any = 0.0, imag: Any = 0.0) -> Any:
         number = complex(real, imag)
         if cls.go.bits == 64:
             number = complex(round_float32(number.real), round_float32(number.imag))
         return super().__new__(cls, number)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({complex(self)!r})"
-
-    __str__ = complex.__repr__
-
-    def __reduce__(self) -> Any:
-        return (type(self), (complex(self),))
 
 
 def round_float32(number: float) -> float:
