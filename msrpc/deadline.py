@@ -11,7 +11,7 @@ timeout the timer fires about once per timeout period, whatever the call rate.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Hashable, Optional, TypeVar
+from typing import Callable, Generic, Hashable, Iterator, Optional, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -35,6 +35,10 @@ class Deadlines(Generic[K]):
 
     def __contains__(self, key: K) -> bool:
         return key in self._entries
+
+    def __iter__(self) -> Iterator[K]:
+        """The keys waiting for their deadline (a copy: safe to discard while iterating)."""
+        return iter(list(self._entries))
 
     def add(self, key: K, deadline: float) -> None:
         """Expire ``key`` at ``deadline`` (clock seconds) unless discarded first."""

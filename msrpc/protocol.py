@@ -108,6 +108,8 @@ class RpcProtocol(Protocol):
         #: Called once with this protocol when the connection is gone.
         self.on_lost: Optional[Callable[["RpcProtocol"], None]] = None
         self._paused = False
+        #: Incremented each time back-pressure pauses reading (the sweep's write timeout).
+        self.pauses = 0
         self._handshaking = False
         self._abort_timer: Any = None
 
@@ -194,6 +196,7 @@ class RpcProtocol(Protocol):
     def pauseProducing(self) -> None:
         if not self._paused and self.connected:
             self._paused = True
+            self.pauses += 1
             self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:

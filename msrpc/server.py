@@ -29,6 +29,7 @@ from msrpc import compress
 from msrpc.deadline import Deadlines
 from msrpc.errors import DecodeError, RegistryAuthError, RegistryError, RpcError
 from msrpc.limits import TokenBucket
+from msrpc.overflow import Overflow
 from msrpc.protocol import ProtocolSettings, RpcProtocol
 from msrpc.registry.instance import IDEMPOTENT_KEY, ServiceInstance
 from msrpc.registry.interface import IRegistration, IRegistry
@@ -47,7 +48,7 @@ class ServerLimits:
 
     max_in_flight: int = 10_000          # per server → 503
     max_in_flight_per_connection: int = 1_000  # → 503
-    max_connections: int = 10_000        # further connections are refused politely
+    max_connections: int = 10_000        # beyond: 503 or closed within 1 s (msrpc.overflow)
     rate: float = 0.0                    # calls/s for the whole server → 700
     burst: Optional[float] = None
 
@@ -383,25 +384,6 @@ class Dispatcher:
         return d
 
 
-class _Refusing:
-    """
-    The dispatcher of a connection over the server's limit: every request is answered with
-    503 (safe to retry elsewhere: nothing ran) and the connection is closed.  Hanging up at
-    once would look like a lost connection, which a client may not retry.
-    """
-
-    def request_received(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
-                         body: bytes) -> None:
-        protocol.reply(rid, ser, 503, msg="server has too many connections")
-        protocol.transport.loseConnection()
-
-    def cancel_received(self, protocol: RpcProtocol, rid: int) -> None:
-        pass
-
-    def connection_lost(self, protocol: RpcProtocol) -> None:
-        pass
-
-
 class RpcServerFactory(Factory):
     """Builds server-side protocols and keeps track of them for draining and limits."""
 
@@ -411,10 +393,15 @@ class RpcServerFactory(Factory):
         self.settings = settings
         self.sweeper = sweeper
         self.connections: set[RpcProtocol] = set()
+        self._limit = dispatcher.limits.max_connections
+        #: Connections over the limit; its ``listener`` is set once the port listens.
+        self.overflow = Overflow(sweeper.clock, settings, self._limit)
         self._closed_waiters: list[Deferred[None]] = []
 
     def _lost(self, protocol: RpcProtocol) -> None:
         self.connections.discard(protocol)
+        if self.overflow.paused:
+            self.overflow.room()
         if not self.connections:
             waiters, self._closed_waiters = self._closed_waiters, []
             for waiter in waiters:
@@ -422,6 +409,7 @@ class RpcServerFactory(Factory):
 
     def close_all(self) -> "Deferred[None]":
         """Close every connection; fires once all are gone."""
+        self.overflow.close_all()
         if not self.connections:
             return defer.succeed(None)
         d: Deferred[None] = Deferred()
@@ -431,13 +419,8 @@ class RpcServerFactory(Factory):
         return d
 
     def buildProtocol(self, addr: Any) -> Optional[RpcProtocol]:
-        limit = self.dispatcher.limits.max_connections
-        if limit and len(self.connections) >= limit:
-            log.warn("refusing calls from {addr}: {limit} connections already",
-                     addr=addr, limit=limit)
-            refusing = RpcProtocol(self.settings, _Refusing(), self.sweeper)
-            refusing.factory = self
-            return refusing
+        if self._limit and len(self.connections) >= self._limit:
+            return self.overflow.accept(addr)
         protocol = RpcProtocol(self.settings, self.dispatcher, self.sweeper)
         protocol.factory = self
         protocol.on_lost = self._lost
@@ -582,6 +565,7 @@ class Server(Service):
         if self.tls is not None:
             factory = TLSMemoryBIOFactory(server_options(self.tls), False, factory)
         self.port = await endpoint.listen(factory)
+        self.factory.overflow.listener = self.port  # paused while the overflow is full
         address = self.port.getHost()
         self.log.info("msrpc serving {services} on {address}",
                       services=", ".join(sorted(self.dispatcher.services)), address=address)

@@ -1,9 +1,15 @@
 """
 One periodic sweep over all connections of a server or client: keepalive pings, idle
-timeouts and the incomplete-frame timeout, instead of a timer per connection.
+timeouts, the incomplete-frame timeout and the write timeout, instead of a timer per
+connection.
 
-The protocol only bumps counters on the hot path (``rx_count``, the parser's ``frames``);
-the sweep compares them with what it saw last time, so reading data costs no clock call.
+The protocol only bumps counters on the hot path (``rx_count``, the parser's ``frames``,
+``pauses``); the sweep compares them with what it saw last time, so reading data costs no
+clock call.
+
+While we have stopped reading a peer ourselves (back-pressure: our writes to it pile up
+unread), its silence and its half-read frame are our doing, so the idle and frame timeouts
+wait; the write timeout bounds that state instead.
 """
 
 from __future__ import annotations
@@ -26,15 +32,19 @@ class KeepaliveSettings:
     clients ping, servers only answer).  ``idle_timeout``: close after this long without a
     byte from the peer (0: never).  ``frame_timeout``: close a peer whose frame stays
     incomplete this long (a trickling peer must not hold memory or a slot for ever).
+    ``write_timeout``: close a peer that leaves what we wrote unread this long (the
+    transport's buffer stayed full, so we stopped reading from it meanwhile; 0: never).
     """
 
     ping_interval: float = 0.0
     idle_timeout: float = 0.0
     frame_timeout: float = 30.0
+    write_timeout: float = 60.0
 
     @property
     def tick(self) -> Optional[float]:
-        periods = [p for p in (self.ping_interval, self.idle_timeout, self.frame_timeout) if p]
+        periods = [p for p in (self.ping_interval, self.idle_timeout, self.frame_timeout,
+                               self.write_timeout) if p]
         if not periods:
             return None
         return max(0.05, min(periods) / 4)
@@ -45,14 +55,17 @@ SERVER_KEEPALIVE = KeepaliveSettings(ping_interval=0.0, idle_timeout=300.0, fram
 
 
 class _Seen:
-    __slots__ = ("rx", "frames", "heard_at", "frame_progress_at", "pinged_at")
+    __slots__ = ("rx", "frames", "pauses", "heard_at", "frame_progress_at", "pinged_at",
+                 "paused_since")
 
-    def __init__(self, now: float, rx: int, frames: int) -> None:
+    def __init__(self, now: float, rx: int, frames: int, pauses: int) -> None:
         self.rx = rx
         self.frames = frames
+        self.pauses = pauses
         self.heard_at = now
         self.frame_progress_at = now
         self.pinged_at = now
+        self.paused_since = now
 
 
 class Sweeper:
@@ -72,7 +85,7 @@ class Sweeper:
         if tick is None:
             return
         self._seen[protocol] = _Seen(self.clock.seconds(), protocol.rx_count,
-                                     protocol._parser.frames)
+                                     protocol._parser.frames, protocol.pauses)
         if self._loop is None:
             self._loop = LoopingCall(self.sweep)
             self._loop.clock = self.clock
@@ -92,10 +105,13 @@ class Sweeper:
         now = self.clock.seconds()
         s = self.settings
         for protocol, seen in list(self._seen.items()):
+            parser = protocol._parser
+            if protocol.paused or protocol.pauses != seen.pauses:
+                self._held(protocol, seen, now)
+                continue
             if protocol.rx_count != seen.rx:
                 seen.rx = protocol.rx_count
                 seen.heard_at = now
-            parser = protocol._parser
             if not parser.buffered or parser.frames != seen.frames:
                 seen.frames = parser.frames
                 seen.frame_progress_at = now
@@ -117,3 +133,19 @@ class Sweeper:
                 protocol.send_ping()
         if not self._seen:
             self.stop()
+
+    def _held(self, protocol: "RpcProtocol", seen: _Seen, now: float) -> None:
+        """A peer we stopped reading (now or since the last sweep): restart its idle and
+        frame clocks, and close it once it has left our writes unread too long."""
+        if protocol.pauses != seen.pauses:  # a new pause (the buffer drained in between)
+            seen.pauses = protocol.pauses
+            seen.paused_since = now
+        seen.rx, seen.frames = protocol.rx_count, protocol._parser.frames
+        seen.heard_at = seen.frame_progress_at = now
+        timeout = self.settings.write_timeout
+        if protocol.paused and timeout and now - seen.paused_since >= timeout:
+            self.log.warn("closing connection {peer}: peer stopped reading its {what} for "
+                          "{stuck:.1f}s", peer=protocol.peer, stuck=now - seen.paused_since,
+                          what="replies" if protocol.dispatcher is not None else "requests")
+            self._seen.pop(protocol, None)
+            protocol.abort()

@@ -97,6 +97,8 @@ class ServerOptions(usage.Options):
          float],
         ["frame-timeout", None, 30.0, "Close peers whose frame stays incomplete this long.",
          float],
+        ["write-timeout", None, KeepaliveSettings.write_timeout,
+         "Close peers that leave our replies unread this long (0: never).", float],
         ["threads", None, ThreadSettings.size, "Threads running blocking handlers "
                                                "(@expose(blocking=True), or all plain ones "
                                                "with --blocking).", int],
@@ -309,7 +311,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
                     metadata=options["metadata"], settings=protocol_settings(options),
                     limits=limits,
                     keepalive=KeepaliveSettings(idle_timeout=options["idle-timeout"],
-                                                frame_timeout=options["frame-timeout"]),
+                                                frame_timeout=options["frame-timeout"],
+                                                write_timeout=options["write-timeout"]),
                     grace=options["grace"], drain_timeout=options["drain-timeout"],
                     tokens=options["tokens"],
                     tls=TLSFiles(options["tls-client-ca"], options["tls-cert"],

@@ -1,7 +1,7 @@
 """
 A user service for the end-to-end tests, served by a real ``twistd msrpc`` with
-``--service whoami=tests.e2e_service:Whoami``: it says which process answered, greets, and
-fails on request.
+``--service whoami=tests.e2e_service:Whoami``: it says which process answered, greets,
+fails on request, and sends large replies on request.
 """
 
 from __future__ import annotations
@@ -22,3 +22,7 @@ class Whoami:
 
     def fail(self, message: str) -> None:
         raise ValueError(message)
+
+    def blob(self, size: int) -> bytes:
+        """``size`` bytes: a small request with a large reply (back-pressure tests)."""
+        return b"x" * size

@@ -174,6 +174,22 @@ class LocalEndToEndTests(TestCase):
         self.assertEqual(await self.msrpc("ls"), ("", "", 0))
 
     @run
+    async def test_watch_in_another_process_sees_the_daemon_come_and_go_at_once(
+            self) -> None:
+        # Polls 30 s apart and a 60 s TTL: within the test only change notification
+        # (the change file, inotify) can tell the watch.
+        registry = LocalRegistry(reactor, self.path, ttl=60, refresh=30)
+        self.addCleanup(registry.close)
+        seen: list[list[str]] = []
+        registry.watch("arith", lambda found: seen.append([i.address for i in found]))
+        await wait_for(reactor, lambda: seen == [[]], 5.0, "the first list")
+        daemon = await self.daemon("--local-ttl", "60")
+        await wait_for(reactor, lambda: seen[-1] == [daemon.address], 5.0,
+                       "the registration, notified")
+        await daemon.terminate()
+        await wait_for(reactor, lambda: seen[-1] == [], 5.0, "the deregistration, notified")
+
+    @run
     async def test_tac_file_serves_the_demo_services_found_through_the_cli(self) -> None:
         env = {ENV_VAR: str(self.path), "MSRPC_LISTEN": "tcp:0:interface=127.0.0.1"}
         daemon = await start_daemon(self, reactor, self.dir, [], registered=2,

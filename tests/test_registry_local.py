@@ -8,6 +8,7 @@ was killed (its heartbeats never run again).
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 from pathlib import Path
@@ -18,15 +19,18 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python import usage
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
 from msrpc.errors import RegistryError
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import IRegistration, IRegistry, IServiceCatalog, IWatch
+from msrpc.registry import local
+from msrpc.registry.changes import ChangeWatcher, available, change_file, touch
 from msrpc.registry.local import (DEFAULT_TTL, ENV_VAR, SCHEMA_VERSION, LocalRegistry,
                                   default_path, from_options, run_inline)
 from msrpc.registry.options import registry_parameters
+from tests.servers import run, under_ci, wait_for
 
 TTL = 6.0
 BEAT = TTL / 3
@@ -354,6 +358,63 @@ class WatchTests(LocalTestCase):
         self.assertEqual(calls, [[ARITH], []])
 
 
+class ExpiryAndAnnouncementTests(LocalTestCase):
+    """Watches look again at each listed instance's expiry; writers announce changes."""
+
+    def test_watch_drops_a_killed_instance_at_its_expiry_without_polling(self) -> None:
+        self.register(self.registry(), ARITH)  # frozen clock: a killed process
+        clock = Clock()
+        clock.advance(self.clock.seconds())
+        calls: list[Sequence[ServiceInstance]] = []
+        self.registry(clock, refresh=1000).watch("arith", calls.append)
+        clock.advance(TTL - 0.01)
+        self.assertEqual(calls, [[ARITH]])
+        clock.advance(0.01)
+        self.assertEqual(calls, [[ARITH], []])
+
+    def test_watch_of_a_live_instance_rereads_about_once_per_two_thirds_ttl(self) -> None:
+        registry = self.registry(refresh=1000)
+        self.register(registry, ARITH)
+        reads: list[float] = []
+        store = registry.store
+        original = store.snapshot
+
+        def counting(*args: Any) -> Any:
+            reads.append(self.clock.seconds())
+            return original(*args)
+
+        self.patch(store, "snapshot", counting)
+        calls: list[Sequence[ServiceInstance]] = []
+        registry.watch("arith", calls.append)
+        self.clock.pump([0.5] * int(10 * TTL))
+        self.assertEqual(calls, [[ARITH]])
+        self.assertLessEqual(len(reads), 1 + 10 * 3 // 2 + 1)
+
+    def test_changes_are_announced_and_plain_heartbeats_are_not(self) -> None:
+        touched: list[Path] = []
+        self.patch(local, "touch", touched.append)
+        registry = self.registry()
+        registration = self.register(registry, ARITH)
+        self.assertEqual(touched, [self.dir / "registry.sqlite3-changes"])
+        self.clock.pump([BEAT] * 6)  # heartbeats that only push the expiry forward
+        self.assertEqual(len(touched), 1)
+        with sqlite3.connect(self.path) as db:
+            db.execute("DELETE FROM instances")
+        self.clock.advance(BEAT)  # this heartbeat puts the row back: a change
+        self.assertEqual(len(touched), 2)
+        self.successResultOf(registration.deregister())
+        self.assertEqual(len(touched), 3)
+
+    def test_without_notification_watches_poll_every_refresh(self) -> None:
+        registry = self.registry(notify=False)
+        calls = []
+        registry.watch("arith", calls.append)
+        other, _ = self.other_process()
+        self.register(other, ARITH)
+        self.clock.advance(REFRESH)
+        self.assertEqual(calls, [[], [ARITH]])
+
+
 class SnapshotTests(LocalTestCase):
     """The cheap path of watch polls, on the Store itself."""
 
@@ -521,3 +582,85 @@ class OptionsTests(TestCase):
 
         return Deferred.fromCoroutine(scenario())
 
+
+
+class ChangeNotificationTests(TestCase):
+    """
+    Real inotify on the real reactor, two registries on one file standing for two
+    processes.  Polls are far apart (30 s; TTL 60 s), so a watch that sees a change within
+    the test's few seconds was woken by the notification.
+    """
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        if not available(reactor):
+            if under_ci():
+                raise AssertionError("inotify must work on the CI machine (Linux)")
+            raise SkipTest("no inotify here: watches poll")
+        self.dir = Path(self.mktemp()).absolute()
+        self.dir.mkdir()
+        self.path = self.dir / "registry.sqlite3"
+
+    def registry(self) -> LocalRegistry:
+        registry = LocalRegistry(reactor, self.path, ttl=60, refresh=30)
+        self.addCleanup(registry.close)
+        return registry
+
+    def watch(self, registry: LocalRegistry, service: str) -> list[list[str]]:
+        seen: list[list[str]] = []
+        registry.watch(service, lambda instances: seen.append(
+            sorted(i.address for i in instances)))
+        return seen
+
+    @run
+    async def test_registration_and_deregistration_wake_another_process_watch(
+            self) -> None:
+        seen = self.watch(self.registry(), "arith")
+        await wait_for(reactor, lambda: seen == [[]], 5.0, "the first list")
+        registration = await self.registry().register(ARITH)
+        await wait_for(reactor, lambda: seen[-1] == [ARITH.address], 5.0,
+                       "the registration, notified")
+        await registration.deregister()
+        await wait_for(reactor, lambda: seen[-1] == [], 5.0, "the deregistration, notified")
+
+    @run
+    async def test_replaced_file_wakes_the_watch_which_keeps_its_instances(self) -> None:
+        writer = self.registry()
+        await writer.register(ARITH)
+        reader = self.registry()
+        seen = self.watch(reader, "arith")
+        await wait_for(reactor, lambda: seen == [[ARITH.address]], 5.0, "the first list")
+        snapshots: list[Any] = []
+        original = reader.store.snapshot
+        self.patch(reader.store, "snapshot",
+                   lambda *args: snapshots.append(args) or original(*args))
+        for name in os.listdir(self.dir):
+            os.unlink(self.dir / name)
+        await wait_for(reactor, lambda: bool(snapshots), 5.0, "a look after the deletion")
+        self.assertEqual(seen, [[ARITH.address]])  # carried until it beats again
+
+    @run
+    async def test_watcher_ignores_other_files_and_restarts_after_its_directory_goes(
+            self) -> None:
+        changes: list[int] = []
+        watcher = ChangeWatcher(reactor, self.path, lambda: changes.append(1))
+        self.addCleanup(watcher.stop)
+        touch(change_file(self.path))  # exists: touching it is one event (no creation)
+        self.assertTrue(watcher.start())
+        (self.dir / "registry.sqlite3-wal").write_bytes(b"x")  # SQLite's own files
+        (self.dir / "unrelated").write_bytes(b"x")
+        touch(change_file(self.path))
+        await wait_for(reactor, lambda: changes == [1], 5.0, "the change file's event")
+        shutil.rmtree(self.dir)  # inotify drops the watch: look once, then poll
+        await wait_for(reactor, lambda: not watcher.active, 5.0, "the lost watch")
+        self.assertGreater(len(changes), 1)  # told (its deletion, the lost watch)
+        self.dir.mkdir()
+        self.assertTrue(watcher.start())
+        before = len(changes)
+        touch(change_file(self.path))
+        await wait_for(reactor, lambda: len(changes) > before, 5.0, "events again")
+
+    def test_a_reactor_without_descriptors_gets_no_notification(self) -> None:
+        self.assertFalse(available(Clock()))
+        self.assertFalse(ChangeWatcher(Clock(), self.path, lambda: None).start())

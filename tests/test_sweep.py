@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from msrpc.protocol import ProtocolSettings, RpcProtocol
@@ -90,6 +91,108 @@ class SweepTests(TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_no_timeouts_configured_means_no_sweep(self) -> None:
-        sweeper = Sweeper(self.clock, KeepaliveSettings(frame_timeout=0))
+        sweeper = Sweeper(self.clock, KeepaliveSettings(frame_timeout=0, write_timeout=0))
         connected(sweeper)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class _NoCalls:
+    """A dispatcher that is never asked anything: marks the protocol as a server's."""
+
+    def request_received(self, *args: object) -> None:
+        raise AssertionError("no request expected")
+
+    def cancel_received(self, *args: object) -> None:
+        pass
+
+    def connection_lost(self, *args: object) -> None:
+        pass
+
+
+class BackPressureTimeoutTests(TestCase):
+    """While we stopped reading a peer ourselves, only the write timeout runs."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def server_side(self, settings: KeepaliveSettings) -> tuple[RpcProtocol, StringTransport]:
+        transport = StringTransport()
+        protocol = RpcProtocol(ProtocolSettings(), _NoCalls(), Sweeper(self.clock, settings))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def closed_because(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if "closing connection" in
+                e.get("log_format", "")]
+
+    def test_half_read_frame_of_a_peer_we_paused_is_not_a_trickle(self) -> None:
+        protocol, transport = self.server_side(
+            KeepaliveSettings(frame_timeout=10, write_timeout=60))
+        protocol.dataReceived(encode_frame(PING, 1, 2, 0, b"x" * 100)[:40])
+        protocol.pauseProducing()  # our replies fill its buffer: we stop reading
+        self.clock.pump([1] * 50)
+        self.assertFalse(transport.disconnecting)
+
+    def test_peer_we_paused_is_not_closed_as_idle(self) -> None:
+        protocol, transport = self.server_side(
+            KeepaliveSettings(idle_timeout=20, write_timeout=60))
+        protocol.pauseProducing()
+        self.clock.pump([1] * 50)
+        self.assertFalse(transport.disconnecting)
+
+    def test_peer_leaving_replies_unread_is_closed_after_the_write_timeout(self) -> None:
+        protocol, transport = self.server_side(
+            KeepaliveSettings(frame_timeout=10, write_timeout=20))
+        protocol.pauseProducing()
+        self.clock.pump([1] * 19)
+        self.assertFalse(transport.disconnecting)
+        self.clock.pump([1] * 6)  # within the timeout plus two ticks (2.5 s each)
+        self.assertTrue(transport.disconnecting)
+        [line] = self.closed_because()
+        self.assertIn("peer stopped reading its replies for 2", line)
+
+    def test_a_buffer_that_drains_restarts_the_write_timeout(self) -> None:
+        protocol, transport = self.server_side(
+            KeepaliveSettings(frame_timeout=10, write_timeout=20))
+        for _ in range(5):  # 15 s unread, drained, and again: slow, but reading
+            protocol.pauseProducing()
+            self.clock.pump([1] * 15)
+            protocol.resumeProducing()
+            self.clock.pump([0.5])
+        self.assertFalse(transport.disconnecting)
+
+    def test_pause_and_resume_between_two_sweeps_still_restarts_the_clocks(self) -> None:
+        protocol, transport = self.server_side(KeepaliveSettings(idle_timeout=20))
+        self.clock.pump([1] * 18)
+        protocol.pauseProducing()  # briefly: the sweep never sees it paused
+        protocol.resumeProducing()
+        self.clock.pump([1] * 10)
+        self.assertFalse(transport.disconnecting)
+
+    def test_frame_timeout_runs_again_once_reading_resumes(self) -> None:
+        protocol, transport = self.server_side(
+            KeepaliveSettings(frame_timeout=10, write_timeout=60))
+        protocol.dataReceived(encode_frame(PING, 1, 2, 0, b"x" * 100)[:40])
+        protocol.pauseProducing()
+        self.clock.pump([1] * 30)
+        protocol.resumeProducing()  # the rest of the frame never comes
+        self.clock.pump([1] * 15)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("a frame stayed incomplete", self.closed_because()[0])
+
+    def test_zero_write_timeout_never_closes_a_paused_peer(self) -> None:
+        protocol, transport = self.server_side(
+            KeepaliveSettings(frame_timeout=10, write_timeout=0))
+        protocol.pauseProducing()
+        self.clock.pump([1] * 1000)
+        self.assertFalse(transport.disconnecting)
+
+    def test_client_side_names_its_requests(self) -> None:
+        protocol, transport = connected(Sweeper(self.clock, KeepaliveSettings(write_timeout=8)))
+        protocol.pauseProducing()
+        self.clock.pump([1] * 12)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("stopped reading its requests", self.closed_because()[0])

@@ -8,6 +8,13 @@ power cut) stops beating and its row stops being served once the TTL has passed;
 write by anyone prunes it.  Timestamps are wall clock (``reactor.seconds()``) so that all
 processes agree on them.
 
+Watches learn of changes without polling SQLite often: every committed change touches a
+change file next to the SQLite file, which ``msrpc.registry.changes`` watches with inotify
+(Linux), so watches look again within milliseconds; they also look again when an instance
+they list reaches its expiry (a killed process disappears on time), and poll every
+``refresh`` seconds where there is no notification, every ``NOTIFIED_POLL_FACTOR`` times
+that as a safety net where there is.
+
 SQLite calls block, so they never run on the reactor thread: by default they go to one
 dedicated thread (one connection, every statement serialized, in submission order).  Tests
 pass ``run=run_inline`` and a ``Clock`` to get the same code synchronously and
@@ -35,6 +42,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from msrpc.errors import RegistryError
+from msrpc.registry.changes import ChangeWatcher, change_file, touch
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import (IRegistration, IRegistry, IServiceCatalog, IWatch,
                                       WatchCallback)
@@ -48,8 +56,10 @@ T = TypeVar("T")
 #: two means a killed process disappears within 6 s, while a beat may be late or fail twice
 #: in a row (a busy disk, a long GC pause) before a live instance drops out.
 DEFAULT_TTL = 6.0
-#: Seconds between two polls of a watch.
+#: Seconds between two polls of a watch without change notification.
 DEFAULT_REFRESH = 1.0
+#: With change notification, watches still poll (a safety net) every this many refreshes.
+NOTIFIED_POLL_FACTOR = 10
 #: Seconds a statement waits for another process's write lock before failing.  Writes hold
 #: the lock for microseconds; this only trips on a stuck writer.
 DEFAULT_BUSY_TIMEOUT = 5.0
@@ -210,6 +220,8 @@ class Store:
 
     def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.path = path
+        #: Touched after every committed change other processes should see at once.
+        self.changes = change_file(path)
         self._busy_timeout = busy_timeout
         self._db: Optional[sqlite3.Connection] = None
         self._identity: Optional[tuple[int, int]] = None
@@ -258,6 +270,7 @@ class Store:
         db = self._connection()
         with _transaction(db, immediate=True):
             self._put(db, lease, now)
+        touch(self.changes)
 
     @_guarded
     def beat(self, lease: Lease, now: float) -> bool:
@@ -274,6 +287,8 @@ class Store:
                 (lease.expires_at, i.service, i.instance_id, now)).rowcount
             if not refreshed:
                 self._put(db, lease, now)
+        if not refreshed:
+            touch(self.changes)
         return not refreshed
 
     @staticmethod
@@ -294,6 +309,8 @@ class Store:
                 (i.service, i.instance_id, lease.owner)).rowcount
             if deleted:
                 db.execute(_BUMP, (i.service,))
+        if deleted:
+            touch(self.changes)
 
     @_guarded
     def snapshot(self, service: str, now: float, known: Optional[Snapshot] = None
@@ -464,6 +481,14 @@ class _CachedLookup:
         d = self._registry.call(self._registry.store.snapshot, service, now, self._last)
         return d.addCallback(self._remember, now)
 
+    def due(self) -> Optional[float]:
+        """When the list may next change without anyone writing: the first expiry of an
+        instance it holds (a process that died without deregistering)."""
+        first = self._last.valid_until if self._last is not None else math.inf
+        for _, expires_at in self._carried.values():
+            first = min(first, expires_at)
+        return first if first < math.inf else None
+
     def _remember(self, snapshot: Snapshot, now: float) -> list[ServiceInstance]:
         previous, self._last = self._last, snapshot
         if previous is not None and previous.token[0] != snapshot.token[0]:
@@ -492,7 +517,7 @@ class LocalRegistry:
     def __init__(self, reactor: IReactorTime, path: "str | os.PathLike[str] | None" = None,
                  *, ttl: float = DEFAULT_TTL, refresh: float = DEFAULT_REFRESH,
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-                 run: Optional[Run] = None) -> None:
+                 run: Optional[Run] = None, notify: bool = True) -> None:
         if not ttl > 0:
             raise ValueError(f"local registry ttl must be > 0, got {ttl!r}")
         if not refresh > 0:
@@ -510,6 +535,9 @@ class LocalRegistry:
         self._run: Run = run
         self._heartbeats: set[_Heartbeat] = set()
         self._watches: set[IWatch] = set()
+        self._polls: set[PollingWatch] = set()
+        #: Wakes the watches when any process changes the registry (None: ``notify=False``).
+        self._changes = ChangeWatcher(reactor, self.path, self._changed) if notify else None
         self._closing: Optional[Deferred[None]] = None
         self._closed = False
 
@@ -562,15 +590,33 @@ class LocalRegistry:
     def watch(self, service: str, callback: WatchCallback) -> IWatch:
         if self._closing is not None:
             raise self._closed_error()
-        poll = PollingWatch(self.clock, _CachedLookup(self), service, callback, self.refresh)
+        self._notified()  # start listening before the first look, so nothing slips by
+        lookup = _CachedLookup(self)
+        poll = PollingWatch(self.clock, lookup, service, callback, self._poll_interval,
+                            due=lookup.due)
+        self._polls.add(poll)
 
         def stopped() -> None:
             poll.stop()
+            self._polls.discard(poll)
             self._watches.discard(watch)
 
         watch = CallbackWatch(stopped)
         self._watches.add(watch)
         return watch
+
+    def _notified(self) -> bool:
+        """Whether change notification works (started, or restarted, now if it can)."""
+        return self._changes is not None and self._changes.start()
+
+    def _poll_interval(self) -> float:
+        """A watch's next poll: a slow safety net when changes are notified."""
+        return self.refresh * NOTIFIED_POLL_FACTOR if self._notified() else self.refresh
+
+    def _changed(self) -> None:
+        """A process changed the registry (or its file went away): every watch looks."""
+        for poll in list(self._polls):
+            poll.poll_now()
 
     def close(self) -> "Deferred[None]":
         """Deregister everything, stop watches and the thread; safe to call again."""
@@ -583,6 +629,8 @@ class LocalRegistry:
     async def _close(self) -> None:
         for watch in list(self._watches):
             watch.stop()
+        if self._changes is not None:
+            await self._changes.stop()
         await gatherResults(
             [maybeDeferred(heartbeat.stop).addErrback(self._deregister_failed, heartbeat)
              for heartbeat in list(self._heartbeats)])
@@ -623,7 +671,9 @@ OPTIONS = [
      "Local registry: seconds an instance stays listed without a heartbeat; "
      "heartbeats run every TTL/3.", _positive_float],
     ["local-refresh", None, DEFAULT_REFRESH,
-     "Local registry: seconds between two polls of a watch.", _positive_float],
+     "Local registry: seconds between two polls of a watch where changes are not "
+     f"notified (inotify, Linux); {NOTIFIED_POLL_FACTOR} times that where they are.",
+     _positive_float],
 ]
 
 
@@ -636,4 +686,4 @@ def from_options(reactor: Any, options: Mapping[str, Any]) -> LocalRegistry:
 
 __all__ = ["LocalRegistry", "Store", "Lease", "Snapshot", "run_inline", "default_path",
            "from_options", "OPTIONS", "DEFAULT_TTL", "DEFAULT_REFRESH", "ENV_VAR",
-           "SCHEMA_VERSION"]
+           "SCHEMA_VERSION", "NOTIFIED_POLL_FACTOR"]

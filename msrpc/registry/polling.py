@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -14,6 +13,8 @@ from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import IWatch, WatchCallback
 
 Lookup = Callable[[str], "Deferred[list[ServiceInstance]]"]
+#: Seconds between polls, or a function giving them (asked before each wait).
+Interval = Union[float, Callable[[], float]]
 
 
 def snapshot_key(instances: Sequence[ServiceInstance]) -> tuple:
@@ -25,7 +26,13 @@ def snapshot_key(instances: Sequence[ServiceInstance]) -> tuple:
 @implementer(IWatch)
 class PollingWatch:
     """
-    Calls ``lookup`` every ``interval`` seconds and hands changed lists to the callback.
+    Calls ``lookup`` now, then ``interval`` seconds after each answer, and hands changed
+    lists to the callback.  ``poll_now`` looks again at once (a backend that hears of
+    changes calls it; polls then only catch what notifications missed); ``due``, if
+    given, returns the clock time by which the next poll must happen (an expiry the
+    backend knows of), or None.  One lookup at a time: a ``poll_now`` during a lookup
+    polls again right after it.
+
     A failed poll keeps the last list (the callback is not called) and is logged once per
     outage, so a registry that is down never empties a client's cache.
     """
@@ -33,35 +40,72 @@ class PollingWatch:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, lookup: Lookup, service: str,
-                 callback: WatchCallback, interval: float) -> None:
+                 callback: WatchCallback, interval: Interval,
+                 due: Optional[Callable[[], Optional[float]]] = None) -> None:
+        self._clock = clock
         self._lookup = lookup
         self._service = service
         self._callback = callback
+        self._interval = interval
+        self._due = due
         self._last: Optional[tuple] = None
         self._failing = False
-        self._loop = LoopingCall(self._poll)
-        self._loop.clock = clock
-        self._loop.start(interval, now=True).addErrback(
-            lambda f: self.log.failure("watch loop of {service} died", f, service=service))
+        self._polling = False
+        self._again = False
+        self._stopped = False
+        self._timer: Optional[IDelayedCall] = None
+        self.poll_now()
 
-    def _poll(self) -> "Deferred[None]":
-        return self._lookup(self._service).addCallbacks(self._got, self._failed)
+    def poll_now(self) -> None:
+        """Look at the registry at once (or right after the lookup in progress)."""
+        if self._stopped:
+            return
+        if self._polling:
+            self._again = True
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._polling = True
+        try:
+            d = self._lookup(self._service)
+        except Exception as e:  # a lookup must return a Deferred; never stop watching
+            d = fail(e)
+        d.addCallbacks(self._got, self._failed).addBoth(self._polled)
+
+    def _polled(self, result: Any) -> None:
+        self._polling = False
+        if self._stopped:
+            return
+        if self._again:
+            self._again = False
+            self.poll_now()
+            return
+        interval = self._interval() if callable(self._interval) else self._interval
+        due = self._due() if self._due is not None else None
+        delay = interval if due is None else min(interval, max(0.0, due - self._clock.seconds()))
+        self._timer = self._clock.callLater(delay, self.poll_now)
 
     def _got(self, instances: list[ServiceInstance]) -> None:
         if self._failing:
             self._failing = False
             self.log.info("registry answers again for {service}", service=self._service)
         key = snapshot_key(instances)
-        if key != self._last and self._loop.running:
+        if key != self._last and not self._stopped:
             self._last = key
-            self._callback(list(instances))
+            try:
+                self._callback(list(instances))
+            except Exception:
+                self.log.failure("watch callback of {service} failed", service=self._service)
 
-    def _failed(self, failure) -> None:
+    def _failed(self, failure: Any) -> None:
         if not self._failing:
             self._failing = True
             self.log.warn("lookup of {service} failed, keeping the last instance list: "
                           "{error}", service=self._service, error=failure.getErrorMessage())
 
     def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
+        self._stopped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
