@@ -4,6 +4,8 @@ one client process per measurement, alternating rounds, a table of medians.
 
     python -m bench.run [--duration S] [--warmup S] [--rounds N]
                         [--concurrency 1,64] [--systems baseline,amp,...]
+                        [--payload 1k,64k,1m [--kind bytes,str]
+                         [--compression none,gzip,zstd]]
                         [--json PATH|-]
 
 See bench/README.md for what is measured.
@@ -22,8 +24,9 @@ import sys
 import tempfile
 import time
 from importlib.util import find_spec
+from itertools import product
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 if __package__ in (None, ""):
     # Run as a script (python bench/run.py): import bench from the checkout,
@@ -33,11 +36,32 @@ if __package__ in (None, ""):
 
 from bench import reactors
 from bench.systems import DEFAULT
-from bench.workload import HOST
+from bench.workload import COMPRESSIONS, HOST, parse_size, size_label
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
 NOISY_PCT = 15
+#: Systems that carry every payload size and compression (amp: 64 KiB at most).
+PAYLOAD_DEFAULT = ("baseline", "msrpc")
+
+
+class Case(NamedTuple):
+    """One workload: calls in flight, payload bytes (0: the small dict), its kind, and
+    the compression both sides use."""
+
+    concurrency: int
+    payload: int = 0
+    kind: str = "bytes"
+    compression: str = "none"
+
+    def workload_args(self) -> list[str]:
+        return ["--payload", str(self.payload), "--kind", self.kind,
+                "--compression", self.compression]
+
+
+def case_of(run: dict[str, Any]) -> Case:
+    return Case(run["concurrency"], run.get("payload_bytes", 0), run.get("kind", "bytes"),
+                run.get("compression", "none"))
 
 
 def _env() -> dict[str, str]:
@@ -67,13 +91,13 @@ class Server:
     One system's server process, started on a free port.
     """
 
-    def __init__(self, system: str, cpu: int | None) -> None:
+    def __init__(self, system: str, cpu: int | None, workload: list[str] | None = None) -> None:
         self.system = system
         self.log = tempfile.TemporaryFile()
         # Own session: a Ctrl-C reaches the driver only, which stops us.
         # stdin stays open; when the driver dies it closes and we exit.
         self.proc = subprocess.Popen(
-            _worker("server", system, cpu, "--port", "0", "--watch-stdin"),
+            _worker("server", system, cpu, "--port", "0", "--watch-stdin", *(workload or [])),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -104,6 +128,15 @@ class Server:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def cpu_s(self) -> float | None:
+        """CPU seconds the server process has used so far (Linux), all threads."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -119,7 +152,7 @@ class Server:
 
 
 def run_client(
-    server: Server, concurrency: int, args: argparse.Namespace, cpu: int | None
+    server: Server, case: Case, args: argparse.Namespace, cpu: int | None
 ) -> dict[str, Any]:
     """
     One measurement: a fresh client process, warm-up, then the window.
@@ -127,25 +160,47 @@ def run_client(
     cmd = _worker(
         "client", server.system, cpu,
         "--port", str(server.port),
-        "--concurrency", str(concurrency),
+        "--concurrency", str(case.concurrency),
         "--duration", str(args.duration),
         "--warmup", str(args.warmup),
         "--max-calls", str(args.max_calls),
+        *case.workload_args(),
     )  # fmt: skip
     timeout = args.warmup + args.duration + 60
+    server_cpu0 = server.cpu_s()
     # subprocess.run kills the client on timeout or on any exception here.
     done = subprocess.run(
         cmd, capture_output=True, env=_env(), timeout=timeout,
         start_new_session=True,
     )  # fmt: skip
+    server_cpu1 = server.cpu_s()
     lines = done.stdout.decode().strip().splitlines()
     if done.returncode != 0 or not lines:
         raise RuntimeError(
-            f"{server.system} client (c={concurrency}) failed, "
+            f"{server.system} client ({describe(case)}) failed, "
             f"exit {done.returncode}:\n{done.stderr.decode()[-3000:]}"
         )
     result: dict[str, Any] = json.loads(lines[-1])
+    result.update(payload_bytes=case.payload, kind=case.kind, compression=case.compression)
+    result["mb_per_s"] = result["calls_per_s"] * case.payload / 1e6
+    if server_cpu0 is not None and server_cpu1 is not None:
+        result["server_cpu_s"] = server_cpu1 - server_cpu0
     return result
+
+
+def describe(case: Case) -> str:
+    if not case.payload:
+        return f"c={case.concurrency}"
+    return (f"{size_label(case.payload)} {case.kind} {case.compression} "
+            f"c={case.concurrency}")
+
+
+def cpu_ms_per_mb(run: dict[str, Any], key: str) -> float | None:
+    """CPU milliseconds per MB of payload echoed, over the whole client run."""
+    cpu, moved = run.get(key), run.get("calls_total", 0) * run.get("payload_bytes", 0)
+    if cpu is None or not moved:
+        return None
+    return 1000.0 * cpu / (moved / 1e6)
 
 
 def _pick_cpus(pin: bool) -> tuple[int | None, int | None]:
@@ -158,20 +213,21 @@ def _pick_cpus(pin: bool) -> tuple[int | None, int | None]:
 
 
 def summarize(
-    runs: list[dict[str, Any]], systems: list[str], concurrencies: list[int],
+    runs: list[dict[str, Any]], systems: list[str], cases: list[Case],
     baseline: str | None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """
-    Per (system, concurrency): the median round, the spread, and the ratio
+    Per (system, case): the median round, the spread, and the ratio
     to the baseline (the median of the per-round ratios: each system's round
     r divided by the baseline's round r, measured close together in time).
     """
     rows = []
-    for c in concurrencies:
-        base = {r["round"]: r for r in runs if r["system"] == baseline and r["concurrency"] == c}
+    for case in cases:
+        base = {r["round"]: r for r in runs
+                if r["system"] == baseline and case_of(r) == case}
         for s in systems:
             mine = sorted(
-                (r for r in runs if r["system"] == s and r["concurrency"] == c),
+                (r for r in runs if r["system"] == s and case_of(r) == case),
                 key=lambda r: r["calls_per_s"],
             )
             if not mine:
@@ -185,9 +241,15 @@ def summarize(
             ]
             rows.append({
                 "system": s,
-                "concurrency": c,
+                "concurrency": case.concurrency,
+                "payload_bytes": case.payload,
+                "kind": case.kind,
+                "compression": case.compression,
                 "rounds": len(mine),
                 "calls_per_s": median["calls_per_s"],
+                "mb_per_s": median["calls_per_s"] * case.payload / 1e6,
+                "server_cpu_ms_per_mb": cpu_ms_per_mb(median, "server_cpu_s"),
+                "client_cpu_ms_per_mb": cpu_ms_per_mb(median, "cpu_s"),
                 "p50_us": median["p50_us"],
                 "p99_us": median["p99_us"],
                 "min_calls_per_s": rates[0],
@@ -207,22 +269,41 @@ def _us(v: float) -> str:
     return f"{v:,.0f} µs" if v < 10_000 else f"{v / 1000:,.1f} ms"
 
 
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
 def table(rows: list[dict[str, Any]], baseline: str | None) -> str:
-    head = ["system", "conc", "calls/s", "spread (min..max)", "p50", "p99",
-            f"vs {baseline}" if baseline else "ratio"]  # fmt: skip
+    payloads = any(r.get("payload_bytes") for r in rows)
+    ratio = f"vs {baseline}" if baseline else "ratio"
+    if payloads:
+        head = ["system", "payload", "comp", "conc", "MB/s", "spread (min..max MB/s)",
+                "p50", "p99", "srv ms/MB", "cli ms/MB", ratio]  # fmt: skip
+    else:
+        head = ["system", "conc", "calls/s", "spread (min..max)", "p50", "p99", ratio]
     body = []
     for r in rows:
-        body.append([
-            r["system"],
-            str(r["concurrency"]),
-            f"{r['calls_per_s']:,.0f}",
-            f"±{r['spread_pct'] / 2:.0f}% ({r['min_calls_per_s']:,.0f}..{r['max_calls_per_s']:,.0f})",
-            _us(r["p50_us"]),
-            _us(r["p99_us"]),
-            f"{r['ratio']:.2f}" if r["ratio"] is not None else "-",
-        ] + ([f"ERRORS {r['errors']}"] if r["errors"] else []))  # fmt: skip
+        spread = f"±{r['spread_pct'] / 2:.0f}%"
+        if payloads:
+            scale = r["payload_bytes"] / 1e6
+            row = [
+                r["system"], f"{size_label(r['payload_bytes'])} {r['kind']}",
+                r["compression"], str(r["concurrency"]), f"{r['mb_per_s']:,.1f}",
+                f"{spread} ({r['min_calls_per_s'] * scale:,.1f}.."
+                f"{r['max_calls_per_s'] * scale:,.1f})",
+                _us(r["p50_us"]), _us(r["p99_us"]),
+                _ms(r["server_cpu_ms_per_mb"]), _ms(r["client_cpu_ms_per_mb"]),
+            ]  # fmt: skip
+        else:
+            row = [
+                r["system"], str(r["concurrency"]), f"{r['calls_per_s']:,.0f}",
+                f"{spread} ({r['min_calls_per_s']:,.0f}..{r['max_calls_per_s']:,.0f})",
+                _us(r["p50_us"]), _us(r["p99_us"]),
+            ]  # fmt: skip
+        row.append(f"{r['ratio']:.2f}" if r["ratio"] is not None else "-")
+        body.append(row + ([f"ERRORS {r['errors']}"] if r["errors"] else []))
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
-    left = {0}
+    left = {0, 1, 2} if payloads else {0}
 
     def fmt(row: list[str]) -> str:
         cells = [
@@ -234,9 +315,9 @@ def table(rows: list[dict[str, Any]], baseline: str | None) -> str:
     lines = [fmt(head), "  ".join("-" * w for w in widths)]
     prev = None
     for r, row in zip(rows, body):
-        if prev is not None and r["concurrency"] != prev:
+        if prev is not None and case_of(r) != prev:
             lines.append("")
-        prev = r["concurrency"]
+        prev = case_of(r)
         lines.append(fmt(row))
     return "\n".join(lines)
 
@@ -278,8 +359,9 @@ def _versions() -> dict[str, str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.run",
-        description="Echo a small dict over loopback with each RPC system; "
-        "compare calls/s and latency at each concurrency on one connection.",
+        description="Echo a small dict (or a payload, --payload) over loopback with "
+        "each RPC system; compare calls/s and latency at each concurrency on one "
+        "connection.",
     )
     p.add_argument("--duration", type=float, default=1.5,
                    help="measured seconds per run (default 1.5)")
@@ -287,12 +369,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="discarded seconds at the start of each run (default 0.5)")
     p.add_argument("--rounds", type=int, default=5,
                    help="alternating rounds; the median is reported (default 5)")
-    p.add_argument("--concurrency", default="1,64",
-                   help="calls in flight on the one connection, comma list (default 1,64)")
-    p.add_argument("--systems", default=",".join(DEFAULT),
+    p.add_argument("--concurrency", default=None,
+                   help="calls in flight on the one connection, comma list (default 1,64; "
+                   "with --payload 1,16)")
+    p.add_argument("--systems", default=None,
                    help=f"comma list of bench/systems modules, each optionally NAME@REACTOR "
                    f"({', '.join(reactors.INSTALLERS)}; e.g. msrpc@uvloop) "
-                   f"(default {','.join(DEFAULT)})")
+                   f"(default {','.join(DEFAULT)}; with --payload {','.join(PAYLOAD_DEFAULT)})")
+    p.add_argument("--payload", default=None, metavar="SIZES",
+                   help="echo a payload of each size instead of the small dict, comma "
+                   "list: 1k,64k,1m; reports MB/s and CPU per MB")
+    p.add_argument("--kind", default="bytes",
+                   help="payload type, comma list of bytes, str (default bytes)")
+    p.add_argument("--compression", default="none",
+                   help=f"comma list of {', '.join(COMPRESSIONS)}: both sides compress "
+                   "bodies of 4 KiB and more (default none)")
     p.add_argument("--baseline", default=DEFAULT[0],
                    help=f"system the ratios are relative to (default {DEFAULT[0]})")
     p.add_argument("--max-calls", type=int, default=1_000_000,
@@ -303,8 +394,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also write all results as JSON to PATH ('-': stdout, "
                    "the table then goes to stderr)")
     args = p.parse_args(argv)
+    payload_mode = args.payload is not None
+    if args.systems is None:
+        args.systems = ",".join(PAYLOAD_DEFAULT if payload_mode else DEFAULT)
+    if args.concurrency is None:
+        args.concurrency = "1,16" if payload_mode else "1,64"
     args.systems = [s for s in args.systems.split(",") if s]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    try:
+        sizes = [parse_size(v) for v in args.payload.split(",") if v] if payload_mode \
+            else [0]
+    except ValueError as e:
+        p.error(str(e))
+    kinds = [k for k in args.kind.split(",") if k]
+    compressions = [c for c in args.compression.split(",") if c]
+    if not set(kinds) <= {"bytes", "str"} or not kinds:
+        p.error("--kind takes bytes, str or both")
+    if not set(compressions) <= set(COMPRESSIONS) or not compressions:
+        p.error(f"--compression takes {', '.join(COMPRESSIONS)}")
+    if not payload_mode and (kinds != ["bytes"] or compressions != ["none"]):
+        p.error("--kind and --compression go with --payload")
+    args.compressions = compressions
+    args.cases = [Case(c, size, kind, comp) for kind, size, comp, c
+                  in product(kinds, sizes, compressions, args.concurrency)]
     for name in args.systems:
         system, reactor = reactors.split(name)
         if not system.isidentifier() or find_spec(f"bench.systems.{system}") is None:
@@ -333,12 +445,20 @@ def main(argv: list[str] | None = None) -> int:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    payloads = sorted({case.payload for case in args.cases})
+    if payloads[-1]:
+        workload = (f"echo of {', '.join(size_label(b) for b in payloads)} payloads "
+                    f"({'/'.join(sorted({c.kind for c in args.cases}))}, text-like) in a "
+                    "msgpack dict, one connection per client")
+    else:
+        workload = "echo of a small dict (msgpack), one connection per client"
     meta = {
-        "workload": "echo of a small dict (msgpack), one connection per client",
+        "workload": workload,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "rounds": args.rounds,
         "concurrency": args.concurrency,
+        "cases": [case._asdict() for case in args.cases],
         "systems": args.systems,
         "baseline": args.baseline,
         "server_cpu": server_cpu,
@@ -349,25 +469,32 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.monotonic()
     busy0, own0 = _busy_cpu_s(), _own_cpu_s()
-    servers: dict[str, Server] = {}
+    # One server per system and compression (a server's replies use its setting).
+    servers: dict[tuple[str, str], Server] = {}
     runs: list[dict[str, Any]] = []
     try:
-        for s in args.systems:
-            servers[s] = Server(s, server_cpu)
-            progress(f"{s}: server on {HOST}:{servers[s].port}")
+        for s, comp in product(args.systems, args.compressions):
+            # The largest payload, so a system that cannot carry it says so now.
+            largest = Case(1, payloads[-1], "bytes", comp)
+            servers[s, comp] = server = Server(s, server_cpu, largest.workload_args())
+            progress(f"{s}: server on {HOST}:{server.port}"
+                     + (f" ({comp})" if comp != "none" else ""))
         for rnd in range(args.rounds):
             # ABC CBA ABC ...: every system gets early and late slots alike.
             order = args.systems if rnd % 2 == 0 else args.systems[::-1]
-            for c in args.concurrency:
+            for case in args.cases:
                 for s in order:
-                    if not servers[s].alive():
-                        raise RuntimeError(f"{s} server died:\n{_tail(servers[s].log)}")
-                    result = run_client(servers[s], c, args, client_cpu)
+                    server = servers[s, case.compression]
+                    if not server.alive():
+                        raise RuntimeError(f"{s} server died:\n{_tail(server.log)}")
+                    result = run_client(server, case, args, client_cpu)
                     result["round"] = rnd
                     runs.append(result)
+                    rate = (f"{result['mb_per_s']:>10,.1f} MB/s" if case.payload
+                            else f"{result['calls_per_s']:>10,.0f} calls/s")
                     progress(
-                        f"round {rnd + 1}/{args.rounds} c={c:<3} {s:<10} "
-                        f"{result['calls_per_s']:>10,.0f} calls/s  "
+                        f"round {rnd + 1}/{args.rounds} {describe(case):<10} {s:<10} "
+                        f"{rate}  "
                         f"p50 {_us(result['p50_us'])}  p99 {_us(result['p99_us'])}"
                         + (f"  ERRORS {result['errors']}: {result['first_error']}"
                            if result["errors"] else "")
@@ -384,9 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     if busy0 is not None and busy1 is not None:
         other = max(0.0, (busy1 - busy0) - (_own_cpu_s() - own0)) / wall
     meta["other_cpu_load"] = other
-    rows = summarize(runs, args.systems, args.concurrency, args.baseline)
+    rows = summarize(runs, args.systems, args.cases, args.baseline)
     facts = [
-        f"echo of a small msgpack dict over {HOST}, one connection per client",
+        f"{workload} over {HOST}",
         f"{args.rounds} alternating rounds of {args.warmup:g}s warm-up + "
         f"{args.duration:g}s, median round shown",
         f"server on cpu {server_cpu}, client on cpu {client_cpu}"
@@ -394,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     if other is not None:
         facts.append(f"other processes used {other:.0%} of a CPU meanwhile")
+    if payloads[-1]:
+        facts.append("MB/s: payload megabytes echoed per second (each goes both ways); "
+                     "ms/MB: CPU milliseconds per echoed MB, server and client process")
     facts.append(f"{meta['wall_s']}s")
     print("\n" + ";\n".join(facts) + "\n", file=out)
     print(table(rows, args.baseline), file=out)

@@ -8,7 +8,7 @@ with C{time.perf_counter()} around the call as the caller sees it.
 from __future__ import annotations
 
 import math
-from time import perf_counter
+from time import perf_counter, process_time, time
 from typing import Any
 
 from msrpc.loadgen import nearest_rank
@@ -45,11 +45,18 @@ class Recorder:
         self.errors = 0
         self.first_error: str | None = None
         self.hit_max_calls = False
+        #: Every call completed since start (warm-up and window), for CPU per call.
+        self.completed_total = 0
+        self.cpu_started = math.nan
+        self.epoch_offset = math.nan
 
     def start(self) -> None:
+        self.cpu_started = process_time()
         now = perf_counter()
         self.measure_from = now + self.warmup
         self.stop_at = self.measure_from + self.duration
+        #: perf_counter() + this = the Unix time, to line windows of processes up.
+        self.epoch_offset = time() - now
 
     def next_call(self) -> int | None:
         """
@@ -68,6 +75,7 @@ class Recorder:
 
         @return: whether the slot should issue another call.
         """
+        self.completed_total += 1
         if t1 < self.measure_from:
             return True
         if t1 < self.stop_at:
@@ -105,4 +113,10 @@ class Recorder:
             "hit_max_calls": self.hit_max_calls,
             "errors": self.errors,
             "first_error": self.first_error,
+            # CPU of this process since start, and the calls it completed meanwhile.
+            "cpu_s": process_time() - self.cpu_started,
+            "calls_total": self.completed_total,
+            # The measurement window in Unix time (bench.workers lines clients up).
+            "window": [self.measure_from + self.epoch_offset,
+                       self.measure_from + self.epoch_offset + elapsed],
         }

@@ -9,7 +9,8 @@ A Twisted system module only says how to listen and how to connect::
     serve, load = twisted_harness.entry_points(listen, connect)
 
 The load generator keeps C{concurrency} calls in flight on the one connection
-C{connect} made: each completion issues the next call from its callback.
+C{connect} made (or spread over C{connections} of them): each completion
+issues the next call from its callback.
 """
 
 from __future__ import annotations
@@ -30,34 +31,34 @@ Connect = Callable[[Any, str, int], Deferred]
 
 class _Slots:
     """
-    C{concurrency} independent call chains; fires C{done} when all stopped.
+    C{concurrency} independent call chains, spread over the connections'
+    C{calls}; fires C{done} when all stopped.
     """
 
-    def __init__(self, call: Call, rec: Recorder, concurrency: int) -> None:
-        self.call = call
+    def __init__(self, calls: list[Call], rec: Recorder, concurrency: int) -> None:
         self.rec = rec
         self.active = concurrency
         self.done: Deferred[None] = Deferred()
-        for _ in range(concurrency):
-            self.issue()
+        for slot in range(concurrency):
+            self.issue(calls[slot % len(calls)])
 
-    def issue(self) -> None:
+    def issue(self, call: Call) -> None:
         i = self.rec.next_call()
         if i is None:
             self.stopped()
             return
         t0 = perf_counter()
-        self.call(request(i)).addCallbacks(
-            self.succeeded, self.failed, callbackArgs=(i, t0)
+        call(request(i)).addCallbacks(
+            self.succeeded, self.failed, callbackArgs=(i, t0, call)
         )
 
-    def succeeded(self, reply: Any, i: int, t0: float) -> None:
+    def succeeded(self, reply: Any, i: int, t0: float, call: Call) -> None:
         t1 = perf_counter()
         if not is_echo(reply, i):
             self.rec.failed(f"call {i}: not an echo: {reply!r}")
             self.stopped()
         elif self.rec.completed(t0, t1):
-            self.issue()
+            self.issue(call)
         else:
             self.stopped()
 
@@ -108,13 +109,14 @@ def entry_points(
 
         _run(reactor, lambda: ensureDeferred(main()))
 
-    def load(host: str, port: int, rec: Recorder, concurrency: int) -> None:
+    def load(host: str, port: int, rec: Recorder, concurrency: int,
+             connections: int = 1) -> None:
         from twisted.internet import reactor
 
         async def main() -> None:
-            call = await connect(reactor, host, port)
+            calls = [await connect(reactor, host, port) for _ in range(connections)]
             rec.start()
-            await _Slots(call, rec, concurrency).done
+            await _Slots(calls, rec, concurrency).done
 
         _run(reactor, lambda: ensureDeferred(main()))
 

@@ -7,6 +7,8 @@ One benchmark process: a server or a client of one system.
     python -m bench.worker client NAME --port P --concurrency C
         --duration S --warmup S --max-calls N [--cpu N]
         prints one JSON object (bench.stats.Recorder.summary) on stdout.
+    Both take --payload BYTES --kind bytes|str and --compression none|gzip|zstd
+    (bench.workload.configure); a system that cannot carry them exits with an error.
         A client stops by itself: after its run, and in any case (SIGALRM)
         a while after its run should have ended.
 
@@ -53,6 +55,15 @@ def _ready(port: int) -> None:
     os.dup2(2, 1)
 
 
+def _check_supported(system: object, name: str, payload: int, compression: str) -> None:
+    """Refuse, before any measurement, a workload the system cannot carry."""
+    max_payload = getattr(system, "MAX_PAYLOAD", None)
+    if max_payload is not None and payload > max_payload:
+        sys.exit(f"{name} cannot carry a {payload}-byte payload (at most {max_payload})")
+    if compression not in getattr(system, "COMPRESSIONS", ("none",)):
+        sys.exit(f"{name} does not support --compression {compression}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.worker")
     parser.add_argument("role", choices=("server", "client"))
@@ -65,18 +76,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--max-calls", type=int, default=1_000_000)
     parser.add_argument("--watch-stdin", action="store_true")
+    parser.add_argument("--payload", type=int, default=0)
+    parser.add_argument("--kind", choices=("bytes", "str"), default="bytes")
+    parser.add_argument("--compression", default="none")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="client: connections the calls are spread over")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="server: bind with SO_REUSEPORT (several servers, one port)")
     args = parser.parse_args(argv)
 
     _pin(args.cpu)
     if args.watch_stdin:
         _exit_when_stdin_closes()
 
-    from bench import reactors
+    from bench import reactors, workload
     from bench.systems import load_system
 
     name, reactor = reactors.split(args.system)
     reactors.install(reactor)
+    workload.configure(args.payload, args.kind, args.compression)
+    workload.REUSE_PORT = args.reuse_port
     system = load_system(name)
+    _check_supported(system, name, args.payload, args.compression)
     if args.role == "server":
         system.serve(args.host, args.port, _ready)
         return
@@ -86,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # default action: terminate
     signal.alarm(math.ceil(args.warmup + args.duration) + 60)
     rec = Recorder(args.warmup, args.duration, args.max_calls)
-    system.load(args.host, args.port, rec, args.concurrency)
+    extra = {"connections": args.connections} if args.connections > 1 else {}
+    system.load(args.host, args.port, rec, args.concurrency, **extra)
     signal.alarm(0)
     summary = rec.summary()
     summary.update(system=args.system, concurrency=args.concurrency)

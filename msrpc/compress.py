@@ -71,14 +71,28 @@ def decompress(kind: int, data: bytes, max_size: int = DEFAULT_MAX_DECOMPRESSED)
     if kind == ZSTD:
         if zstandard is None:
             raise DecodeError("zstd body received but zstandard is not installed")
+        # The common case in one pass: a frame that declares its size (ours do), within
+        # the cap.  zstd checks the declared size against what the frame really holds.
+        try:
+            declared = zstandard.frame_content_size(data)
+        except zstandard.ZstdError:
+            declared = -1
+        if declared > max_size:
+            raise _too_big(max_size)
+        if declared > 0:
+            try:
+                return _zstd_decompressor().decompress(data)
+            except zstandard.ZstdError:
+                pass  # the careful reading below names the problem
         try:
             with _zstd_decompressor().stream_reader(io.BytesIO(data)) as reader:
                 out = reader.read(max_size + 1)
             if len(out) > max_size:
                 raise _too_big(max_size)
-            # The reader stops quietly where the input ends, even inside a frame.  Whether
-            # the frame ended takes a second pass, bounded now that it is known to inflate
-            # to at most max_size.
+            # Frames of unknown size (other peers), empty or broken ones.  The reader
+            # stops quietly where the input ends, even inside a frame.  Whether the frame
+            # ended takes a second pass, bounded now that it is known to inflate to at
+            # most max_size.
             check = _zstd_decompressor().decompressobj()
             check.decompress(data)
         except zstandard.ZstdError as e:

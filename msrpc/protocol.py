@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 _pack_header = HEADER.pack
 _NONE = compress.NONE
 _MSGPACK = int(Serializer.MSGPACK)
+#: Bodies this long are written apart from their header instead of concatenated with it:
+#: Twisted's transport joins its pending writes once anyway, and with several replies
+#: pending a concatenated 1 MiB body would be copied twice.
+WRITE_APART = 16 * 1024
 
 
 @dataclass
@@ -45,6 +49,10 @@ class ProtocolSettings:
     compression_threshold: int = compress.DEFAULT_THRESHOLD
     max_frame: int = DEFAULT_MAX_FRAME
     max_decompressed: int = compress.DEFAULT_MAX_DECOMPRESSED
+    #: TCP_NODELAY: send a frame's last segment at once instead of holding it until the
+    #: peer acknowledges the previous one (Nagle), which the peer delays by up to 40 ms.
+    #: Replies are already written once per read, so small frames are not sent one by one.
+    no_delay: bool = True
 
     def __post_init__(self) -> None:
         if self.serializer not in self.codecs:
@@ -118,12 +126,22 @@ class RpcProtocol(Protocol):
     def connectionMade(self) -> None:
         self.connected = True
         self._write = self.transport.write
+        if self.settings.no_delay:
+            set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                try:
+                    set_no_delay(True)
+                except OSError:
+                    pass  # not TCP (a Unix socket): nothing to delay
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}".rstrip(":")
-        # Back-pressure: when our replies pile up unread, the transport pauses us and we
-        # stop reading from that peer until it drains (memory stays bounded).  Over TLS
-        # only once the handshake is done: until then the TLS layer buffers our first
-        # writes and asks us to pause, and to stop reading then would stall the handshake.
+        # Back-pressure: when what we wrote piles up unread, the transport pauses us.  A
+        # server then stops reading that peer's requests until it drains (memory stays
+        # bounded); a client only notes it (the sweep's write timeout) and keeps reading:
+        # replies are what frees its memory, and were both ends to stop reading while
+        # their writes piled up (large calls in flight both ways), neither would drain.
+        # Over TLS only once the handshake is done: until then the TLS layer buffers our
+        # first writes and asks us to pause, and to stop reading would stall it.
         if ISSLTransport.providedBy(self.transport):
             self._handshaking = True
         else:
@@ -166,7 +184,13 @@ class RpcProtocol(Protocol):
             if self.connected:
                 self._write = write = self.transport.write
                 if batch:
-                    write(batch[0] if len(batch) == 1 else b"".join(batch))
+                    if len(batch) == 1:
+                        write(batch[0])
+                    elif self._apart:
+                        self._apart = False
+                        self.transport.writeSequence(batch)  # joined once, by the transport
+                    else:
+                        write(b"".join(batch))
             else:
                 self._write = _not_connected
 
@@ -197,12 +221,14 @@ class RpcProtocol(Protocol):
         if not self._paused and self.connected:
             self._paused = True
             self.pauses += 1
-            self.transport.pauseProducing()
+            if self.dispatcher is not None:  # servers stop reading; clients read on
+                self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         if self._paused and self.connected:
             self._paused = False
-            self.transport.resumeProducing()
+            if self.dispatcher is not None:
+                self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         pass
@@ -261,13 +287,27 @@ class RpcProtocol(Protocol):
 
     # ------------------------------------------------------------------ frames out
 
+    #: A body was written apart from its header since the last batched read.
+    _apart = False
+
     def _send(self, mtype: int, ser: int, rid: int, data: bytes) -> None:
         comp = _NONE
-        if self._compression != _NONE and len(data) >= self._threshold:
+        size = len(data)
+        if self._compression != _NONE and size >= self._threshold:
             comp = self._compression
             data = compress.compress(comp, data)
-        self._write(_pack_header(MAGIC, VERSION, HEADER_SIZE + len(data), mtype, comp, ser,
-                                 rid) + data)
+            size = len(data)
+        header = _pack_header(MAGIC, VERSION, HEADER_SIZE + size, mtype, comp, ser, rid)
+        if size < WRITE_APART:
+            self._write(header + data)
+        else:
+            self._write_apart(header, data)
+
+    def _write_apart(self, header: bytes, body: bytes) -> None:
+        """A large body is written as it is, after its header (no copy here)."""
+        self._apart = True
+        self._write(header)
+        self._write(body)
 
     def send_call(self, call: PendingCall) -> int:
         """Send a request and remember ``call`` until its response; raises EncodeError."""
@@ -281,11 +321,17 @@ class RpcProtocol(Protocol):
         rid = self._next_rid
         self._next_rid = rid + 1
         comp = _NONE
-        if self._compression != _NONE and len(data) >= self._threshold:
+        size = len(data)
+        if self._compression != _NONE and size >= self._threshold:
             comp = self._compression
             data = compress.compress(comp, data)
-        self._write(_pack_header(MAGIC, VERSION, HEADER_SIZE + len(data), REQUEST, comp,
-                                 self._serializer, rid) + data)
+            size = len(data)
+        header = _pack_header(MAGIC, VERSION, HEADER_SIZE + size, REQUEST, comp,
+                              self._serializer, rid)
+        if size < WRITE_APART:
+            self._write(header + data)
+        else:
+            self._write_apart(header, data)
         self._pending[rid] = call
         return rid
 

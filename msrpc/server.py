@@ -18,7 +18,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -461,15 +461,16 @@ REGISTER_RETRY_MAX = 30.0
 
 class Server(Service):
     """
-    Listens on an endpoint string, serves registered service objects, and publishes them
-    in a registry once the port is listening.  ``stopService`` deregisters first, waits
-    ``grace`` seconds so clients' caches drop us, stops accepting, lets in-flight calls
-    finish for up to ``drain_timeout`` (new ones get 503), then closes the connections.
+    Listens on an endpoint (a string, or an ``IStreamServerEndpoint``), serves registered
+    service objects, and publishes them in a registry once the port is listening.
+    ``stopService`` deregisters first, waits ``grace`` seconds so clients' caches drop us,
+    stops accepting, lets in-flight calls finish for up to ``drain_timeout`` (new ones get
+    503), then closes the connections.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, listen: str = "tcp:0", *,
+    def __init__(self, reactor: Any, listen: str | IStreamServerEndpoint = "tcp:0", *,
                  registry: Optional[IRegistry] = None,
                  services: Optional[Mapping[str, Any]] = None,
                  advertise: Optional[str] = None, weight: float = 10.0,
@@ -492,10 +493,11 @@ class Server(Service):
         self.drain_timeout = drain_timeout
         self.check_types = check_types
         self.tls = tls if tls is not None and tls.enabled else None
-        if self.tls is not None and is_tls_endpoint(listen):
-            raise ValueError(f"{listen.split(':')[0]}: endpoints bring their own TLS; "
+        tls_endpoint = isinstance(listen, str) and is_tls_endpoint(listen)
+        if self.tls is not None and tls_endpoint:
+            raise ValueError(f"{str(listen).split(':')[0]}: endpoints bring their own TLS; "
                              "wrapping it in TLS again would fail every call")
-        if self.tls is not None or is_tls_endpoint(listen):
+        if self.tls is not None or tls_endpoint:
             self.metadata.setdefault("tls", "1")  # clients must not talk to us in clear
         self.dispatcher = Dispatcher(reactor, limits, tokens, blocking=threads.blocking,
                                      msgo=msgo)
@@ -560,7 +562,8 @@ class Server(Service):
         self.ready.errback(failure)
 
     async def _start(self) -> Any:
-        endpoint = serverFromString(self.reactor, self.listen)
+        endpoint = (serverFromString(self.reactor, self.listen)
+                    if isinstance(self.listen, str) else self.listen)
         factory: Any = self.factory
         if self.tls is not None:
             factory = TLSMemoryBIOFactory(server_options(self.tls), False, factory)

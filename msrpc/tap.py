@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -32,6 +33,11 @@ from msrpc.sweep import KeepaliveSettings
 from msrpc.threads import ThreadSettings
 from msrpc.tls import TLSFiles
 from msrpc.wire import DEFAULT_MAX_FRAME
+from msrpc.workers import (
+    KILL_MARGIN, ListenAddress, Supervisor, WorkerEndpoint, WorkerPool, ignore_interrupts,
+    reactor_name, report_ready, reuse_port_spreads, stop_when_orphaned, worker_command,
+    worker_spec,
+)
 
 
 def load_object(spec: str) -> Any:
@@ -120,6 +126,8 @@ class ServerOptions(usage.Options):
         ["call-tls-ca", None, None, "The shared client calls over TLS, verifying with this CA."],
         ["call-tls-cert", None, None, "Client certificate of the shared client (PEM)."],
         ["call-tls-key", None, None, "Key of --call-tls-cert (PEM)."],
+        ["workers", None, 1, "Server processes sharing the port, supervised and published "
+                             "as one instance (0: one per CPU).", int],
     ] + registry_parameters()
 
     optFlags = [
@@ -136,6 +144,11 @@ class ServerOptions(usage.Options):
         self["balancers"] = {}
         self["idempotent"] = []
         self["dialects"] = {}
+
+    def parseOptions(self, options: Optional[Sequence[str]] = None) -> None:
+        #: The arguments as given: a supervisor starts its workers with the same ones.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_balancer(self, spec: str) -> None:
         """[SERVICE=]NAME  Balancer of the shared client, for all services or one
@@ -247,6 +260,16 @@ class ServerOptions(usage.Options):
                                            f"from 1 to 65535, got {self['advertise']!r}")
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be > 0")
+        if self["workers"] < 0:
+            raise usage.UsageError("--workers must be >= 0 (0: one per CPU)")
+        if self["workers"] == 0:
+            self["workers"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+                else os.cpu_count() or 1
+        if self["workers"] > 1:
+            try:
+                ListenAddress.parse(listen)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
         if self["threads"] < 1:
             raise usage.UsageError("--threads must be >= 1 (blocking handlers need a thread)")
         for option in ("grace", "drain-timeout", "weight", "idle-timeout", "frame-timeout",
@@ -292,6 +315,40 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor
+    if options["workers"] > 1:
+        return make_supervisor(options, reactor)
+    return make_server(options, reactor, worker_spec())
+
+
+def make_supervisor(options: usage.Options, reactor: Any) -> IService:
+    """``--workers N``: this process starts, supervises and publishes N server processes
+    (``msrpc.workers``); it serves nothing itself."""
+    top = SequentialMultiService()
+    registry = make_registry(reactor, options)
+    pool = WorkerPool(reactor, ListenAddress.parse(options["listen"]),
+                      worker_command(options.argv,  # type: ignore[attr-defined]
+                                     reactor_name(options, reactor)),
+                      options["workers"],
+                      kill_timeout=options["drain-timeout"] + KILL_MARGIN,
+                      reuse_port=reuse_port_spreads())
+    supervisor = Supervisor(reactor, pool, registry=registry, grace=options["grace"],
+                            drain_timeout=options["drain-timeout"])
+    Closing("registry", registry.close).setServiceParent(top)
+    supervisor.setName("server")
+    supervisor.setServiceParent(top)
+    signals = SecondSignal(reactor, supervisor.hurry)
+    signals.setName("signals")
+    signals.setServiceParent(top)
+    supervisor.ready.addErrback(_stop_reactor, reactor)
+    top.registry = registry  # type: ignore[attr-defined]
+    top.server = supervisor  # type: ignore[attr-defined]
+    return top
+
+
+def make_server(options: usage.Options, reactor: Any,
+                worker: Optional[dict[str, Any]] = None) -> IService:
+    """One server process; with ``worker`` (from its supervisor), one of several: it
+    serves on the supervisor's address and reports there instead of registering."""
     top = SequentialMultiService()
     registry = make_registry(reactor, options)
     client = Client(reactor, registry, timeout=options["timeout"], token=options["call-token"],
@@ -306,7 +363,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
                           max_in_flight_per_connection=options["max-in-flight-per-connection"],
                           max_connections=options["max-connections"],
                           rate=rate[0], burst=rate[1])
-    server = Server(reactor, options["listen"], registry=registry,
+    listen: Any = options["listen"] if worker is None else WorkerEndpoint(reactor, worker)
+    server = Server(reactor, listen, registry=registry if worker is None else None,
                     advertise=options["advertise"], weight=options["weight"],
                     metadata=options["metadata"], settings=protocol_settings(options),
                     limits=limits,
@@ -346,6 +404,10 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
     signals.setName("signals")
     signals.setServiceParent(top)
     server.ready.addErrback(_stop_reactor, reactor)
+    if worker is not None:
+        server.ready.addCallback(lambda _: report_ready(server))
+        ignore_interrupts(reactor)
+        stop_when_orphaned(reactor)
     top.client = client  # type: ignore[attr-defined]
     top.registry = registry  # type: ignore[attr-defined]
     top.server = server  # type: ignore[attr-defined]

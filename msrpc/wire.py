@@ -78,20 +78,26 @@ class FrameParser:
 
     Raises ``FrameError`` on bad magic, unknown version or a frame longer than
     ``max_frame``; the caller must then drop the connection, since the stream can no longer
-    be trusted.  A large frame is accumulated as a list of chunks and joined once, so its
-    cost stays linear in its size however TCP splits it.
+    be trusted.  An incomplete frame is held as the list of reads it arrived in (views, not
+    copies) and its body is joined once when the last byte arrives: a 1 MiB frame read
+    64 KiB at a time costs one copy, however TCP splits it.
     """
 
-    __slots__ = ("_on_frame", "max_frame", "_chunks", "_buffered", "_need", "frames")
+    __slots__ = ("_on_frame", "max_frame", "_chunks", "_buffered", "_need", "_header",
+                 "frames")
 
     def __init__(self, on_frame: FrameCallback, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if max_frame < HEADER_SIZE:
             raise ValueError(f"max_frame must be at least {HEADER_SIZE}")
         self._on_frame = on_frame
         self.max_frame = max_frame
-        self._chunks: list[bytes] = []
+        #: The incomplete frame as it arrived, its header included.
+        self._chunks: list[bytes | memoryview] = []
         self._buffered = 0
+        #: Bytes that complete what is held: the header, or the whole frame once known.
         self._need = HEADER_SIZE
+        #: (type, compression, serializer, request id) of the incomplete frame, once read.
+        self._header: tuple[int, int, int, int] | None = None
         #: Frames completed so far: lets a sweep tell a trickling peer from a working one.
         self.frames = 0
 
@@ -106,6 +112,12 @@ class FrameParser:
             self._buffered += len(data)
             if self._buffered < self._need:
                 return
+            if self._header is not None:
+                offset = self._complete(data)
+                if offset < len(data):
+                    self._feed_many(data, len(data), offset)
+                return
+            # The header itself was split: at most a header and this read to join.
             data = b"".join(self._chunks)
             self._chunks = []
             self._buffered = 0
@@ -119,11 +131,26 @@ class FrameParser:
                 self._need = HEADER_SIZE
                 self._on_frame(mtype, comp, ser, rid, data[HEADER_SIZE:])
                 return
-        self._feed_many(data, n)
+        self._feed_many(data, n, 0)
 
-    def _feed_many(self, data: bytes, n: int) -> None:
-        offset = 0
-        need = HEADER_SIZE
+    def _complete(self, data: bytes) -> int:
+        """The held frame ends in ``data``: deliver it; return where the rest starts."""
+        chunks = self._chunks
+        cut = len(data) - (self._buffered - self._need)
+        if cut < len(data):
+            chunks[-1] = memoryview(data)[:cut]
+        chunks[0] = memoryview(chunks[0])[HEADER_SIZE:]
+        body = b"".join(chunks)
+        mtype, comp, ser, rid = self._header  # type: ignore[misc]  # set with the chunks
+        self._chunks = []
+        self._buffered = 0
+        self._need = HEADER_SIZE
+        self._header = None
+        self.frames += 1
+        self._on_frame(mtype, comp, ser, rid, body)
+        return cut
+
+    def _feed_many(self, data: bytes, n: int, offset: int) -> None:
         unpack = _unpack_header
         on_frame = self._on_frame
         max_frame = self.max_frame
@@ -136,15 +163,25 @@ class FrameParser:
                                  f"{max_frame} bytes")
             end = offset + length
             if end > n:
-                need = length
-                break
+                self._header = (mtype, comp, ser, rid)
+                self._hold(data, n, offset, length)
+                return
             self.frames += 1
             on_frame(mtype, comp, ser, rid, data[offset + HEADER_SIZE:end])
             offset = end
+        self._need = HEADER_SIZE
         if offset < n:
-            rest = data[offset:] if offset else data
-            self._chunks = [rest]
-            self._buffered = len(rest)
-            self._need = need
+            self._hold(data, n, offset, HEADER_SIZE)
+
+    def _hold(self, data: bytes, n: int, offset: int, need: int) -> None:
+        """Keep ``data[offset:]``, the start of a frame: a view when it is most of the
+        read (no copy), a copy when it is a small tail (not pinning the whole read)."""
+        if not offset:
+            rest: bytes | memoryview = data
+        elif 2 * (n - offset) >= n:
+            rest = memoryview(data)[offset:]
         else:
-            self._need = HEADER_SIZE
+            rest = data[offset:]
+        self._chunks = [rest]
+        self._buffered = n - offset
+        self._need = need

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from msrpc import compress, gob
-from msrpc.codec import JsonCodec, Limits, MsgpackCodec, TypeRegistry
+from msrpc.codec import JsonCodec, Limits, MsgpackCodec, TypeRegistry, _nests_within
 from msrpc.errors import DecodeError, EncodeError, FrameError
 from msrpc.wire import HEADER, HEADER_SIZE, MAGIC, VERSION, FrameParser, encode_frame
 
@@ -1009,11 +1009,36 @@ GOB_LIMITS = Property("gob.limits", st.builds(
     check_gob_limits)
 
 
+@dataclass(frozen=True)
+class WalkCase:
+    max_depth: int
+    budget: int
+    value: Any
+
+
+def check_nesting_walk(case: WalkCase) -> str:
+    """The walk that checks the depth of long bodies (instead of scanning their bytes)
+    agrees with the decoder's reference measure, or says it ran out of budget."""
+    within = _nests_within(case.value, case.max_depth, case.budget)
+    if within is None:
+        return "budget exhausted"
+    depth = extents(case.value, envelopes=False).depth
+    assert within == (depth <= case.max_depth), (within, depth, case.max_depth)
+    return "within" if within else "too deep"
+
+
+NESTING_WALK = Property("codec.nesting_walk",
+                        st.builds(WalkCase, st.integers(1, 6),
+                                  st.one_of(st.just(10**9), st.integers(0, 20)),
+                                  msgpack_values),
+                        check_nesting_walk)
+
+
 #: Every property, in the order the campaign reports them.
 PROPERTIES: tuple[Property, ...] = (
     VALID_FRAMES, HOSTILE_STREAM,
     COMPRESSED_ROUND_TRIP, TRUNCATED_BODY, HOSTILE_BODY,
     MSGPACK_ROUND_TRIP, JSON_ROUND_TRIP, UNENCODABLE, MSGPACK_HOSTILE, JSON_HOSTILE,
-    MSGPACK_LIMITS, JSON_LIMITS,
+    MSGPACK_LIMITS, JSON_LIMITS, NESTING_WALK,
     GOB_ROUND_TRIP, GOB_HOSTILE, GOB_LIMITS,
 )

@@ -8,7 +8,8 @@ import msgpack
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from bench.run import summarize
+from bench import workload
+from bench.run import Case, cpu_ms_per_mb, summarize
 from bench.stats import Recorder, percentile
 from bench.systems.baseline import EchoClient
 
@@ -71,12 +72,65 @@ class SummarizeTests(TestCase):
             _run("base", 1, 200.0), _run("other", 1, 60.0),
             _run("base", 2, 100.0), _run("other", 2, 40.0),
         ]  # fmt: skip
-        base, other = summarize(runs, ["base", "other"], [1], "base")
+        base, other = summarize(runs, ["base", "other"], [Case(1)], "base")
         self.assertEqual(other["calls_per_s"], 50.0)
         self.assertEqual(other["p50_us"], 50.0)  # taken from the same round
         self.assertEqual(other["ratio"], 0.4)  # median of 0.5, 0.3, 0.4
         self.assertEqual(base["ratio"], 1.0)
         self.assertEqual((other["min_calls_per_s"], other["max_calls_per_s"]), (40.0, 60.0))
+
+
+class PayloadSummaryTests(TestCase):
+    def test_cases_are_summarized_apart_and_cpu_is_per_echoed_megabyte(self) -> None:
+        runs = []
+        for size in (1024, 65536):
+            for rnd, (base, other) in enumerate([(100.0, 80.0), (200.0, 150.0)]):
+                for system, rate in (("base", base), ("other", other)):
+                    run = _run(system, rnd, rate)
+                    run.update(payload_bytes=size, kind="bytes", compression="gzip",
+                               cpu_s=0.5, server_cpu_s=0.25, calls_total=1000)
+                    runs.append(run)
+        cases = [Case(1, 1024, "bytes", "gzip"), Case(1, 65536, "bytes", "gzip")]
+        rows = summarize(runs, ["base", "other"], cases, "base")
+        self.assertEqual([(r["payload_bytes"], r["system"]) for r in rows],
+                         [(1024, "base"), (1024, "other"), (65536, "base"), (65536, "other")])
+        small = rows[1]
+        self.assertEqual(small["ratio"], 0.775)  # median of 0.8 and 0.75
+        self.assertEqual(small["mb_per_s"], 80.0 * 1024 / 1e6)
+        # 1000 calls of 1024 bytes: 0.001024 MB; 500 ms of client CPU over it.
+        self.assertAlmostEqual(small["client_cpu_ms_per_mb"], 500 / 1.024)
+        self.assertAlmostEqual(small["server_cpu_ms_per_mb"], 250 / 1.024)
+
+    def test_cpu_per_megabyte_needs_a_payload_and_a_reading(self) -> None:
+        self.assertIsNone(cpu_ms_per_mb({"cpu_s": 1.0, "calls_total": 10}, "cpu_s"))
+        self.assertIsNone(cpu_ms_per_mb({"payload_bytes": 10, "calls_total": 10},
+                                        "server_cpu_s"))
+
+
+class WorkloadTests(TestCase):
+    def tearDown(self) -> None:
+        workload.configure(None)
+
+    def test_sizes_parse_in_powers_of_1024(self) -> None:
+        self.assertEqual([workload.parse_size(t) for t in ("1k", "64KiB", "1m", "512")],
+                         [1024, 65536, 1 << 20, 512])
+        self.assertRaises(ValueError, workload.parse_size, "0")
+        self.assertEqual(workload.size_label(65536), "64 KiB")
+
+    def test_payloads_have_the_size_and_kind_asked_for_and_compress(self) -> None:
+        import zlib
+        for kind, cls in (("bytes", bytes), ("str", str)):
+            payload = workload.make_payload(65536, kind)
+            self.assertIsInstance(payload, cls)
+            self.assertEqual(len(payload), 65536)
+        self.assertLess(len(zlib.compress(workload.make_payload(65536, "bytes"))), 65536 // 2)
+
+    def test_an_echo_must_carry_the_whole_payload_back(self) -> None:
+        workload.configure(4096, "bytes")
+        request = workload.request(7)
+        self.assertTrue(workload.is_echo(dict(request), 7))
+        self.assertFalse(workload.is_echo({"id": 7, "payload": request["payload"][:-1]}, 7))
+        self.assertFalse(workload.is_echo(dict(request), 8))
 
 
 class BaselineClientTests(TestCase):
@@ -101,6 +155,15 @@ class PerCallTests(TestCase):
                 for batch in (1, 5):
                     self.assertGreater(measure(batch, 3), 0.0)
 
+    def test_payload_measurements_complete_across_several_reads(self) -> None:
+        from bench import percall
+        workload.configure(200_000, "bytes")  # each frame in four reads
+        self.addCleanup(setattr, percall, "VALUE", percall.VALUE)
+        self.addCleanup(workload.configure, None)
+        percall.VALUE = workload.request(1)
+        for _, baseline, ours in percall.SIDES:
+            for measure in (baseline, ours):
+                self.assertGreater(measure(2, 2), 0.0)
 
 class ReactorChoiceTests(TestCase):
     def test_system_names_may_carry_a_reactor(self) -> None:

@@ -281,6 +281,30 @@ class LimitTests(TestCase):
         error = self.assertRaises(DecodeError, codec.decode, codec.encode({(key,): 1}))
         self.assertIn("deeper than 5", str(error))
 
+    def test_nesting_limit_holds_in_long_bodies(self) -> None:
+        # Long bodies are checked by walking the decoded value, not by scanning bytes.
+        blob = b"\x9f" * 10_000  # bytes that look like nesting to a byte scan
+        for codec in (MsgpackCodec(types, Limits(max_depth=20)),
+                      JsonCodec(types, Limits(max_depth=20))):
+            within = {"blob": blob, "deep": self.nested(19)}
+            self.assertEqual(codec.decode(codec.encode(within)), within)
+            key: Any = "k"
+            for _ in range(19):
+                key = (key,)  # 19 levels of tuples under a map (msgpack: as its key) in a list
+            for beyond in ({"blob": blob, "deep": self.nested(20)},
+                           [blob, {"k": [key]} if isinstance(codec, JsonCodec) else {key: 1}],
+                           [blob, [Shape("s", self.nested(18))]]):
+                error = self.assertRaises(DecodeError, codec.decode, codec.encode(beyond))
+                self.assertIn("deeper than 20", str(error))
+
+    def test_nesting_limit_holds_in_long_bodies_of_many_small_values(self) -> None:
+        # Too many values to walk cheaply: the byte scan decides, as for short bodies.
+        codec = MsgpackCodec(types, Limits(max_depth=20))
+        many = ["word"] * 5_000
+        self.assertEqual(codec.decode(codec.encode([many, self.nested(18)])),
+                         [many, self.nested(18)])
+        self.assertRaises(DecodeError, codec.decode, codec.encode([many, self.nested(20)]))
+
     def test_json_nesting_limit(self) -> None:
         codec = JsonCodec(types, Limits(max_depth=5))
         self.assertRaises(DecodeError, codec.decode, b"[[[[[[1]]]]]]")

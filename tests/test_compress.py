@@ -50,6 +50,15 @@ class CompressionTests(TestCase):
                                       packed[:cut])
             self.assertIn("truncated zstd body", str(error))
 
+    def test_zstd_frames_without_a_declared_size_are_read_within_the_cap(self) -> None:
+        # Other peers' frames may not declare their size; ours do (one pass to inflate).
+        import zstandard
+        packed = zstandard.ZstdCompressor(write_content_size=False).compress(b"a" * 5000)
+        self.assertEqual(compress.decompress(compress.ZSTD, packed, 5000), b"a" * 5000)
+        error = self.assertRaises(DecodeError, compress.decompress, compress.ZSTD, packed,
+                                  4999)
+        self.assertIn("limit of 4999 bytes", str(error))
+
     def test_gzip_body_is_a_standard_gzip_stream(self) -> None:
         packed = compress.compress(compress.GZIP, b"hello")
         self.assertEqual(zlib.decompress(packed, 31), b"hello")

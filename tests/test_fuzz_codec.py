@@ -47,3 +47,6 @@ class CodecHostileInputPropertyTests(TestCase):
 
     def test_json_bodies_beyond_the_limits_are_refused_and_within_them_decoded(self) -> None:
         fp.JSON_LIMITS.run(DETERMINISTIC)
+
+    def test_the_depth_walk_of_long_bodies_agrees_with_the_reference(self) -> None:
+        fp.NESTING_WALK.run(DETERMINISTIC)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -12,9 +12,10 @@ from twisted.trial.unittest import TestCase
 from msrpc import compress
 from msrpc.codec import MsgpackCodec
 from msrpc.errors import ConnectionLost, DecodeError, NotFound, RemoteError
-from msrpc.protocol import ProtocolSettings, RpcProtocol
+from msrpc.protocol import WRITE_APART, ProtocolSettings, RpcProtocol
 from msrpc.wire import (
-    CANCEL, PING, PONG, REQUEST, RESPONSE, FrameParser, Serializer, encode_frame,
+    CANCEL, HEADER_SIZE, PING, PONG, REQUEST, RESPONSE, FrameParser, Serializer,
+    encode_frame,
 )
 
 MSGPACK = int(Serializer.MSGPACK)
@@ -186,13 +187,123 @@ class BadStreamTests(TestCase):
         self.assertTrue(any("bad magic" in str(e.get("error")) for e in events))
 
 
+class _NoCalls:
+    """A dispatcher that never answers: only makes the protocol a server's."""
+
+    def request_received(self, *args: Any) -> None:
+        pass
+
+    def cancel_received(self, *args: Any) -> None:
+        pass
+
+    def connection_lost(self, *args: Any) -> None:
+        pass
+
+
 class BackPressureTests(TestCase):
-    def test_reading_pauses_while_the_transport_is_full_and_resumes_after(self) -> None:
+    def test_server_stops_reading_while_its_replies_pile_up_and_resumes_after(self) -> None:
         transport = StringTransport()
-        protocol = RpcProtocol(ProtocolSettings())
+        protocol = RpcProtocol(ProtocolSettings(), _NoCalls())
         protocol.makeConnection(transport)
         self.assertIs(transport.producer, protocol)
         protocol.pauseProducing()  # what a transport does when its buffer is full
         self.assertEqual(transport.producerState, "paused")
         protocol.resumeProducing()
         self.assertEqual(transport.producerState, "producing")
+
+    def test_client_notes_its_requests_piling_up_but_never_stops_reading(self) -> None:
+        # Were both ends to stop reading while their own writes pile up (large calls in
+        # flight both ways), neither would drain.  The pause only counts (write timeout).
+        transport = StringTransport()
+        protocol = RpcProtocol(ProtocolSettings())
+        protocol.makeConnection(transport)
+        self.assertIs(transport.producer, protocol)
+        protocol.pauseProducing()
+        self.assertEqual((transport.producerState, protocol.paused, protocol.pauses),
+                         ("producing", True, 1))
+        protocol.resumeProducing()
+        self.assertEqual((transport.producerState, protocol.paused), ("producing", False))
+
+
+class _RecordedWrites(StringTransport):
+    """Keeps every write as it was handed over (a writeSequence as one list)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[Any] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.writes.append(list(data))
+        super().writeSequence(data)
+
+
+class _EchoBodies(_NoCalls):
+    """Answers every request with its own body, untouched."""
+
+    def request_received(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
+                         body: bytes) -> None:
+        protocol._send(RESPONSE, ser, rid, body)
+
+
+class _NoDelayTransport(StringTransport):
+    def __init__(self, error: Optional[Exception] = None) -> None:
+        super().__init__()
+        self.error = error
+        self.no_delay: list[bool] = []
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        if self.error is not None:
+            raise self.error
+        self.no_delay.append(enabled)
+
+
+class NoDelayTests(TestCase):
+    def test_tcp_connections_send_small_segments_at_once(self) -> None:
+        transport = _NoDelayTransport()
+        RpcProtocol(ProtocolSettings()).makeConnection(transport)
+        self.assertEqual(transport.no_delay, [True])
+
+    def test_nagle_stays_on_when_asked(self) -> None:
+        transport = _NoDelayTransport()
+        RpcProtocol(ProtocolSettings(no_delay=False)).makeConnection(transport)
+        self.assertEqual(transport.no_delay, [])
+
+    def test_a_socket_without_the_option_still_connects(self) -> None:
+        transport = _NoDelayTransport(OSError(95, "Operation not supported"))  # AF_UNIX
+        protocol = RpcProtocol(ProtocolSettings())
+        protocol.makeConnection(transport)
+        self.assertTrue(protocol.connected)
+
+
+class LargeBodyTests(TestCase):
+    def test_a_large_body_is_written_after_its_header_not_joined_to_it(self) -> None:
+        transport = _RecordedWrites()
+        protocol = RpcProtocol(ProtocolSettings())
+        protocol.makeConnection(transport)
+        protocol.send_call(FakeCall(args=[b"x" * 100]))
+        protocol.send_call(FakeCall(args=[b"x" * WRITE_APART]))
+        small, header, body = transport.writes
+        self.assertEqual(len(header), HEADER_SIZE)
+        self.assertGreater(len(body), WRITE_APART)
+        [_, (_, _, _, rid, sent)] = frames_in(transport.value())
+        self.assertEqual((rid, sent), (2, body))
+
+    def test_replies_to_one_read_go_out_in_one_write_a_large_one_unjoined(self) -> None:
+        transport = _RecordedWrites()
+        protocol = RpcProtocol(ProtocolSettings(), _EchoBodies())
+        protocol.makeConnection(transport)
+        bodies = [b"a" * 10, b"b" * WRITE_APART, b"c" * 10]
+        protocol.dataReceived(b"".join(encode_frame(REQUEST, compress.NONE, MSGPACK, rid, b)
+                                       for rid, b in enumerate(bodies, start=1)))
+        [sequence] = transport.writes
+        self.assertEqual([len(part) for part in sequence],
+                         [HEADER_SIZE + 10, HEADER_SIZE, WRITE_APART, HEADER_SIZE + 10])
+        self.assertEqual([f[4] for f in frames_in(transport.value())], bodies)
+        protocol.dataReceived(encode_frame(REQUEST, compress.NONE, MSGPACK, 4, b"d"))
+        protocol.dataReceived(b"".join(encode_frame(REQUEST, compress.NONE, MSGPACK, rid, b"e")
+                                       for rid in (5, 6)))
+        self.assertEqual([type(w) for w in transport.writes[1:]], [bytes, bytes])

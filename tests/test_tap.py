@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 
 from twisted.application.service import IService, IServiceCollection
@@ -70,6 +71,9 @@ class OptionTests(TestCase):
                  "--etcd is an option of the etcd registry"),
                 (["--nacos-group", "G"], "--nacos-group is an option of the nacos registry"),
                 (["--timeout", "0"], "--timeout must be > 0"),
+                (["--workers", "-1"], "--workers must be >= 0"),
+                (["--workers", "2", "--listen", "ssl:9443:privateKey=k.pem"],
+                 "use tcp: with --tls-cert"),
                 (["--grace", "-1"], "--grace must be >= 0"),
                 (["--threads", "0"], "--threads must be >= 1"),
                 (["--thread-queue", "-1"], "--thread-queue must be >= 0")):
@@ -91,6 +95,17 @@ class OptionTests(TestCase):
         out = io.StringIO()
         self.patch(sys, "stdout", out)
         return out
+
+    def test_workers_zero_means_one_per_cpu(self) -> None:
+        import os
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count()
+        self.assertEqual(parse("--workers", "0")["workers"], cpus)
+        self.assertEqual(parse()["workers"], 1)
+
+    def test_the_arguments_given_are_kept_for_the_workers(self) -> None:
+        self.assertEqual(parse("--workers", "2", "-s", "a=msrpc.demo:Echo").argv,
+                         ["--workers", "2", "-s", "a=msrpc.demo:Echo"])
 
     def test_rate_parses_rate_and_burst(self) -> None:
         self.assertEqual(parse("--rate", "500/50")["rate"], (500.0, 50.0))
@@ -161,6 +176,27 @@ class ServiceTreeTests(TestCase):
         self.assertEqual((client._dialect_for("goods"), client._dialect_for("echo")),
                          ("msgo", None))
         self.assertRaises(usage.UsageError, self.make, "--dialect", "goods=corba")
+
+    def test_with_workers_the_process_supervises_and_publishes_but_serves_nothing(
+            self) -> None:
+        from msrpc.workers import Supervisor
+        top = self.make("--workers", "3")
+        self.assertEqual([s.name for s in top], ["registry", "server", "signals"])
+        self.assertIsInstance(top.server, Supervisor)
+        self.assertEqual(top.server.pool.count, 3)
+        self.assertIn("--workers=1", top.server.pool.command)
+        self.assertEqual(top.server.dispatcher.services, {})  # the workers import them
+
+    def test_a_worker_serves_on_its_supervisors_socket_and_registers_nothing(self) -> None:
+        from msrpc.workers import WORKER_ENV, WorkerEndpoint
+        spec = '{"socket": "inherited", "family": 2}'
+        self.patch(os, "environ", {**os.environ, WORKER_ENV: spec})
+        self.patch(tap, "stop_when_orphaned", lambda reactor: None)
+        top = self.make()
+        self.assertIsInstance(top.server.listen, WorkerEndpoint)
+        self.assertIsNone(top.server.registry)
+        self.assertIsNotNone(top.client.registry)  # its services still find others
+        self.assertNotIn(WORKER_ENV, os.environ)  # not passed on to what it starts
 
     def test_a_server_that_fails_to_start_stops_the_process(self) -> None:
         reactor = MemoryReactorClock()

@@ -21,6 +21,9 @@ from twisted.protocols import amp
 
 from bench import twisted_harness
 
+#: An amp.String value holds at most 65,535 bytes.
+MAX_PAYLOAD = 65_000
+
 packb = msgpack.packb
 unpackb = msgpack.unpackb
 

@@ -19,6 +19,8 @@ from bench.stats import Recorder
 from bench.workload import is_echo, request
 
 SERVICE = "bench.Echo"
+#: grpc's default largest received message is 4 MiB.
+MAX_PAYLOAD = 4_000_000
 METHOD = f"/{SERVICE}/Echo"
 
 

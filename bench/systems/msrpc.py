@@ -6,6 +6,7 @@ reach, so it never refuses, but every call pays for the check), per-connection a
 per-server in-flight limits, and deadline checks.  The client resolves the service
 through a registry into its cache, lets the weighted-random balancer pick, and gives
 every call a deadline (sent to the server, and tracked by the client's shared timer).
+With ``bench.run --compression``, both sides compress bodies of 4 KiB and more.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 
-from bench import twisted_harness
+from bench import twisted_harness, workload
+from msrpc import compress
 from msrpc.client import Client
+from msrpc.protocol import ProtocolSettings
 from msrpc.registry.static import StaticRegistry
 from msrpc.server import Server, ServerLimits
+
+COMPRESSIONS = workload.COMPRESSIONS
 
 
 class Echo:
@@ -25,16 +30,29 @@ class Echo:
         return value
 
 
+class WorkingEcho:
+    """The echo after a fixed amount of work (``bench.workers --work-kib``)."""
+
+    def __init__(self) -> None:
+        self._work = workload.worker(workload.work_kib())
+
+    def echo(self, value: Any) -> Any:
+        self._work()
+        return value
+
+
 def listen(reactor: Any, host: str, port: int) -> Deferred[int]:
     server = Server(reactor, f"tcp:{port}:interface={host}", services={"echo": Echo()},
-                    limits=ServerLimits(rate=50_000_000, burst=1_000_000))
+                    limits=ServerLimits(rate=50_000_000, burst=1_000_000),
+                    settings=ProtocolSettings(
+                        compression=compress.parse_name(workload.compression())))
     server.startService()
     return server.ready.addCallback(lambda address: address.port)
 
 
 def connect(reactor: Any, host: str, port: int) -> Deferred[Callable[[Any], Deferred[Any]]]:
     registry = StaticRegistry({"echo": [f"{host}:{port}"]})
-    client = Client(reactor, registry, timeout=30.0)
+    client = Client(reactor, registry, timeout=30.0, compression=workload.compression())
     echo = client.proxy("echo").echo
     # The first call resolves the service and opens the connection; calls after it take
     # the cached path the benchmark measures.

@@ -26,8 +26,9 @@ from tests.servers.process import LoggedProcess
 
 BIN = Path(sys.executable).parent
 _SERVING = re.compile(r"msrpc serving .* on .*port=(\d+)")
-#: The server's own line per registered instance (registries log their own lines too).
-_REGISTERED = re.compile(r"\[msrpc\.server\.Server#info\] registered ")
+#: The server's own line per registered instance (registries log their own lines too); with
+#: ``--workers``, the supervisor's.
+_REGISTERED = re.compile(r"\[msrpc\.(server\.Server|workers\.Supervisor)#info\] registered ")
 
 
 def child_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
