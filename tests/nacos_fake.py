@@ -15,11 +15,15 @@ from typing import Any, Optional
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.internet import error as netError
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorUDP, IUDPTransport
+from twisted.internet.testing import MemoryReactor
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from treq.testing import StubTreq
+from zope.interface import implementer
 
 
 @dataclass
@@ -227,3 +231,60 @@ class Network:
         """Deliver answers that resources finished later (``NOT_DONE_YET``)."""
         for stub in self._stubs.values():
             stub.flush()
+
+
+@implementer(IUDPTransport)
+class FakeUDPPort:
+    """A listening UDP port of ``UDPReactor``: records what its protocol writes."""
+
+    def __init__(self, protocol: Any, host: str, port: int) -> None:
+        self.protocol = protocol
+        self.host, self.port = host, port
+        self.written: list[tuple[bytes, Any]] = []
+        self.listening = True
+        protocol.makeConnection(self)
+
+    def write(self, packet: bytes, addr: Any = None) -> None:
+        self.written.append((packet, addr))
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", self.host, self.port)
+
+    def stopListening(self) -> None:
+        self.listening = False
+        self.protocol.doStop()
+
+    def connect(self, host: str, port: int) -> None:  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:  # pragma: no cover - unused
+        pass
+
+    def getBroadcastAllowed(self) -> bool:  # pragma: no cover - unused
+        return False
+
+
+@implementer(IReactorUDP)
+class UDPReactor(MemoryReactor):
+    """A MemoryReactor that can also "listen" on UDP (``ports``); ``refuse`` makes it fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[FakeUDPPort] = []
+        self.refuse: Optional[BaseException] = None
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "",
+                  maxPacketSize: int = 8192) -> FakeUDPPort:
+        if self.refuse is not None:
+            raise self.refuse
+        udp = FakeUDPPort(protocol, interface, port or 40000 + len(self.ports))
+        self.ports.append(udp)
+        return udp
+
+
+def push_packet(name: str, stamp: int = 1234, hosts: Optional[list] = None,
+                kind: str = "dom") -> bytes:
+    """A datagram as Nacos 2.3.2's UdpPushService sends it (not gzip'd)."""
+    info = {"name": name, "clusters": "", "cacheMillis": 10000, "hosts": hosts or [],
+            "lastRefTime": 1795588915754}
+    return json.dumps({"type": kind, "data": json.dumps(info), "lastRefTime": stamp}).encode()

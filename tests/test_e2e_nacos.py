@@ -19,14 +19,14 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from msrpc.client import Client
-from msrpc.registry.nacos import NacosRegistry
+from msrpc.registry.nacos import DEFAULT_TTL, NacosRegistry, liveness_metadata
 from tests.servers import run, wait_for
 from tests.servers.msrpcd import MsrpcDaemon, ls_entries, msrpc_cli, start_daemon, workdir
 from tests.servers.nacos import SHORT_TIMEOUTS, NacosServer, require_nacos, shared_nacos
 
 
 class NacosEndToEndTests(TestCase):
-    timeout = 180  # the first test waits for the shared Nacos to start
+    timeout = 300  # the first test waits for the shared Nacos to start
 
     def setUp(self) -> None:
         require_nacos()
@@ -72,7 +72,8 @@ class NacosEndToEndTests(TestCase):
             {k: host[k] for k in ("ip", "port", "weight", "metadata", "clusterName",
                                   "serviceName", "healthy", "ephemeral")},
             {"ip": "127.0.0.1", "port": daemon.port, "weight": 3.0,
-             "metadata": {"zone": "z1", "version": "2", "idempotent": "pid"},
+             "metadata": {"zone": "z1", "version": "2", "idempotent": "pid",
+                          **liveness_metadata(DEFAULT_TTL)},
              "clusterName": "e2e-cluster",
              "serviceName": f"{self.group}@@{self.service}", "healthy": True,
              "ephemeral": True})
@@ -112,13 +113,14 @@ class NacosEndToEndTests(TestCase):
         self.assertTrue(0.8 <= share <= 0.97, f"weight-9 share {share:.3f} of {calls} calls")
 
     @run
-    async def test_killed_daemon_is_dropped_by_nacos_after_its_heartbeat_timeout(self) -> None:
+    async def test_killed_daemon_is_dropped_by_nacos_after_its_ttl(self) -> None:
         await self.nacos()
         # beats every 1 s; unhealthy after 3 s and deleted after 6 s without one
-        metadata = [arg for key, value in SHORT_TIMEOUTS.items()
-                    for arg in ("--metadata", f"{key}={value}")]
-        daemon = await self.daemon(*metadata)
+        daemon = await self.daemon("--nacos-ttl", "3")
         await self.until_listed({daemon.port})
+        [host] = await self.listed()
+        self.assertEqual({k: v for k, v in host["metadata"].items()
+                          if k.startswith("preserved.")}, SHORT_TIMEOUTS)
         # Alive, it beats: healthy well past the heartbeat and delete timeouts.
         alive_until = reactor.seconds() + 8.0
         while reactor.seconds() < alive_until:

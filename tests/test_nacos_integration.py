@@ -25,7 +25,7 @@ from zope.interface.verify import verifyObject
 from msrpc.errors import RegistryAuthError
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import IRegistry
-from msrpc.registry.nacos import NacosRegistry
+from msrpc.registry.nacos import DEFAULT_TTL, NacosRegistry, liveness_metadata
 from tests.servers import REPO_ROOT, free_port, wait_for
 from tests.servers.nacos import SHORT_TIMEOUTS, NacosServer, require_nacos, shared_nacos
 
@@ -50,7 +50,7 @@ def nacos_test(method: Callable[..., Awaitable[Any]]) -> Callable[..., defer.Def
 
 
 class NacosIntegrationTests(unittest.TestCase):
-    timeout = 180
+    timeout = 300
 
     def setUp(self) -> None:
         require_nacos()
@@ -107,7 +107,8 @@ class NacosIntegrationTests(unittest.TestCase):
         [instance] = found
         self.assertEqual((instance.host, instance.port), (mine.host, mine.port))
         self.assertEqual(instance.weight, 3.0)
-        self.assertEqual(instance.metadata, {"zone": "z1", "version": "2"})
+        self.assertEqual(instance.metadata, {"zone": "z1", "version": "2",
+                                             **liveness_metadata(DEFAULT_TTL)})
         self.assertEqual((instance.namespace, instance.group, instance.cluster),
                          ("public", "msrpc-g", "c1"))
         self.assertTrue(instance.selectable)
@@ -126,7 +127,8 @@ class NacosIntegrationTests(unittest.TestCase):
         [host] = await server.instances(self.service, groupName="msrpc-g")
         self.assertEqual((host["ip"], host["weight"], host["metadata"], host["clusterName"],
                           host["ephemeral"], host["healthy"], host["enabled"]),
-                         ("127.0.0.1", 4.0, {"k": "v"}, "c1", True, True, True))
+                         ("127.0.0.1", 4.0, {"k": "v", **liveness_metadata(DEFAULT_TTL)},
+                          "c1", True, True, True))
 
     @nacos_test
     async def test_deregistered_instance_leaves_nacos(self) -> None:
@@ -195,12 +197,33 @@ class NacosIntegrationTests(unittest.TestCase):
         # 6 s delete timeout, checked by Nacos every 5 s, plus the list's lag
         self.assertLess(reactor.seconds() - killed_at, 20)
 
-    async def _spawn_child(self, server: NacosServer, port: int) -> "_Child":
+    @nacos_test
+    async def test_killed_process_leaves_the_healthy_list_within_ttl_and_check_period(
+            self) -> None:
+        server = await self.server()
+        watcher = self.registry(server)
+        seen: list[set[int]] = []
+        watcher.watch(self.service, lambda instances: seen.append({i.port for i in instances}))
+        port = free_port()
+        child = await self._spawn_child(server, port, metadata={})  # the default --nacos-ttl
+        await self.until(lambda: _true(bool(seen) and seen[-1] == {port}),
+                         "the child's instance in the watch")
+        child.kill()
+        killed_at = reactor.seconds()
+        await self.until(lambda: _true(seen[-1] == set()), "the killed child out of the watch",
+                         timeout=30)
+        elapsed = reactor.seconds() - killed_at
+        # unhealthy at the first beat check (every 5 s, fixed in Nacos) after the TTL, and
+        # pushed 0.5 s later; the last beat came up to TTL/3 before the kill
+        self.assertLess(elapsed, DEFAULT_TTL + 5.0 + 1.5, f"dropped after {elapsed:.1f} s")
+
+    async def _spawn_child(self, server: NacosServer, port: int,
+                           metadata: Optional[dict[str, str]] = None) -> "_Child":
         child = _Child()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])))
         args = [sys.executable, "-m", "tests.nacos_child", server.url, self.service,
-                str(port), json.dumps(SHORT_TIMEOUTS)]
+                str(port), json.dumps(SHORT_TIMEOUTS if metadata is None else metadata)]
         reactor.spawnProcess(child, sys.executable, args, env=env, path=str(REPO_ROOT))
         self.addCleanup(child.end)
         await wait_for(reactor, lambda: child.registered or child.exited, 30,
@@ -237,6 +260,58 @@ class NacosIntegrationTests(unittest.TestCase):
         await second.deregister()
         await self.until(lambda: _true(seen[-1] == {first.instance.port}),
                          "the removed instance gone from the watch", timeout=5)
+
+    # ------------------------------------------------------------------ UDP push
+
+    @nacos_test
+    async def test_watch_sees_changes_by_push_long_before_any_poll(self) -> None:
+        server = await self.server()
+        watcher = self.registry(server, refresh=60.0, push_refresh=60.0)
+        writer = self.registry(server, push_port=None)
+        seen: list[tuple[float, set[int]]] = []
+        watcher.watch(self.service, lambda instances: seen.append(
+            (reactor.seconds(), {i.port for i in instances})))
+        await self.until(lambda: _true(bool(seen)), "the first list in the watch")
+        assert watcher.push is not None
+        registration = await writer.register(self.instance())
+        port = registration.instance.port
+        for change, wanted in (("registered", {port}), ("deregistered", set())):
+            changed_at = reactor.seconds()
+            await self.until(lambda: _true(seen[-1][1] == wanted),
+                             f"the {change} instance pushed to the watch", timeout=30)
+            # Nacos pushes 0.5 s after a change (nacos.naming.push.pushTaskDelay) and the
+            # watcher lists the service at once (bench/ measures how fast: this machine
+            # may be loaded); its polls, 60 s apart, cannot have found it
+            self.assertLess(seen[-1][0] - changed_at, 30.0)
+            if change == "registered":
+                await registration.deregister()
+        self.assertEqual((watcher.stats["changes.pushed"], watcher.stats["changes.polled"]),
+                         (2, 0))
+        self.assertTrue(watcher.push_working)
+        self.assertGreaterEqual(watcher.push.receiver.received, 2)
+
+    @nacos_test
+    async def test_lost_pushes_fall_back_to_polling(self) -> None:
+        server = await self.server()
+        watcher = self.registry(server, refresh=0.5, push_refresh=4.0)
+        writer = self.registry(server, push_port=None)
+        seen: list[set[int]] = []
+        watcher.watch(self.service, lambda instances: seen.append({i.port for i in instances}))
+        await self.until(lambda: _true(bool(seen)), "the first list in the watch")
+        assert watcher.push is not None
+        watcher.push.receiver.drop = lambda datagram: True  # a firewall eats every push
+        first = (await writer.register(self.instance())).instance.port
+        await self.until(lambda: _true(seen[-1] == {first}),
+                         "the first instance found by the safety-net poll", timeout=10)
+        await self.until(lambda: _true(not watcher.push_working),
+                         "the watcher to notice that pushes are lost", timeout=5)
+        second = (await writer.register(self.instance())).instance.port
+        registered_at = reactor.seconds()
+        await self.until(lambda: _true(seen[-1] == {first, second}),
+                         "the second instance found by the short poll", timeout=5)
+        # the 0.5 s poll, plus Nacos's list lag of about 0.6 s
+        self.assertLess(reactor.seconds() - registered_at, 2.5)
+        self.assertEqual(watcher.push.receiver.received, 0)
 
     # ------------------------------------------------------------------ auth
 

@@ -71,12 +71,14 @@ class InterfaceTests(NacosTestCase):
         names = [row[0] for row in nacos.OPTIONS]
         self.assertEqual(names, ["nacos", "nacos-namespace", "nacos-group", "nacos-cluster",
                                  "nacos-user", "nacos-password-file", "nacos-ca", "nacos-cert",
-                                 "nacos-key", "nacos-timeout", "nacos-refresh"])
+                                 "nacos-key", "nacos-timeout", "nacos-refresh",
+                                 "nacos-push-port", "nacos-push-host", "nacos-push-refresh",
+                                 "nacos-poll-budget", "nacos-ttl"])
 
 
 class RegisterTests(NacosTestCase):
     def test_register_sends_an_ephemeral_instance_with_weight_and_metadata(self) -> None:
-        self.register(self.registry(), svc(weight=3, metadata={"zone": "z1"}))
+        self.register(self.registry(ttl=0), svc(weight=3, metadata={"zone": "z1"}))
         [seen] = self.registers()
         self.assertEqual(seen.args["serviceName"], "arith")
         self.assertEqual((seen.args["ip"], seen.args["port"]), ("127.0.0.1", "9001"))
@@ -116,9 +118,49 @@ class RegisterTests(NacosTestCase):
         self.assertNotIsInstance(failure.value, RegistryAuthError)
 
 
+class LivenessTests(NacosTestCase):
+    def test_instances_carry_a_6_s_heartbeat_timeout_by_default(self) -> None:
+        self.register(self.registry(), svc(metadata={"zone": "z1"}))
+        [seen] = self.registers()
+        self.assertEqual(json.loads(seen.args["metadata"]), {
+            "zone": "z1", "preserved.heart.beat.interval": "2000",
+            "preserved.heart.beat.timeout": "6000", "preserved.ip.delete.timeout": "12000"})
+
+    def test_ttl_sets_beat_interval_timeout_and_delete_timeout(self) -> None:
+        self.register(self.registry(ttl=4.5), svc())
+        [seen] = self.registers()
+        self.assertEqual(json.loads(seen.args["metadata"]), {
+            "preserved.heart.beat.interval": "1500", "preserved.heart.beat.timeout": "4500",
+            "preserved.ip.delete.timeout": "9000"})
+
+    def test_explicit_preserved_metadata_wins_over_the_ttl(self) -> None:
+        self.register(self.registry(ttl=6), svc(metadata={
+            "preserved.heart.beat.timeout": "20000"}))
+        [seen] = self.registers()
+        self.assertEqual(json.loads(seen.args["metadata"])["preserved.heart.beat.timeout"],
+                         "20000")
+
+    def test_ttl_zero_leaves_nacos_defaults(self) -> None:
+        self.register(self.registry(ttl=0), svc(metadata={"zone": "z1"}))
+        [seen] = self.registers()
+        self.assertEqual(json.loads(seen.args["metadata"]), {"zone": "z1"})
+
+    def test_first_beat_comes_after_a_third_of_the_ttl(self) -> None:
+        self.register(self.registry(ttl=6), svc())
+        self.clock.advance(1.9)
+        self.assertEqual(self.beats(), [])
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.beats()), 1)
+        self.clock.advance(2.0)  # the fake answers with the instance's interval, as Nacos does
+        self.assertEqual(len(self.beats()), 2)
+
+    def test_ttl_below_one_second_is_refused(self) -> None:
+        self.assertRaises(ValueError, self.registry, ttl=0.5)
+
+
 class BeatTests(NacosTestCase):
     def test_first_beat_comes_after_the_default_interval(self) -> None:
-        self.register(self.registry(), svc())
+        self.register(self.registry(ttl=0), svc())
         self.clock.advance(4.9)
         self.assertEqual(self.beats(), [])
         self.clock.advance(0.1)
@@ -126,7 +168,7 @@ class BeatTests(NacosTestCase):
 
     def test_beats_follow_the_interval_nacos_returns(self) -> None:
         self.fake.beat_interval_ms = 1000
-        self.register(self.registry(), svc())
+        self.register(self.registry(ttl=0), svc())
         self.clock.advance(5)
         self.clock.pump([1.0] * 3)
         self.assertEqual(len(self.beats()), 4)
@@ -155,7 +197,7 @@ class BeatTests(NacosTestCase):
                          ("arith", "g1", "c1", "127.0.0.1", "9001"))
 
     def test_instance_nacos_forgot_is_registered_again(self) -> None:
-        self.register(self.registry(), svc(weight=2, metadata={"k": "v"}))
+        self.register(self.registry(ttl=0), svc(weight=2, metadata={"k": "v"}))
         self.fake.forget()
         self.clock.advance(5)
         self.assertEqual(len(self.registers()), 2)
@@ -206,7 +248,7 @@ class BeatTests(NacosTestCase):
 
 class LookupTests(NacosTestCase):
     def test_lookup_maps_nacos_hosts_to_service_instances(self) -> None:
-        registry = self.registry(namespace="dev", group="g1")
+        registry = self.registry(namespace="dev", group="g1", ttl=0)
         self.register(registry, svc(weight=2.5, metadata={"zone": "z1"}, cluster="c1"))
         [found] = self.successResultOf(registry.lookup("arith"))
         self.assertEqual(found, ServiceInstance(
@@ -333,6 +375,15 @@ class CloseTests(NacosTestCase):
         before = len(self.fake.requests)
         self.clock.pump([5.0] * 3)
         self.assertEqual(len(self.fake.requests), before)
+
+    def test_close_cancels_a_request_still_in_flight(self) -> None:
+        registry = self.registry()
+        self.register(registry, svc(9001))
+        self.fake.hold_beats = True
+        self.clock.advance(5)  # a beat is now in flight, and stays so
+        self.successResultOf(registry.close())
+        self.assertEqual(registry._in_flight, set())
+        self.assertEqual(self.fake.instances, {})
 
     def test_close_succeeds_when_nacos_is_unreachable(self) -> None:
         registry = self.registry()

@@ -14,9 +14,19 @@ What it does, as the official clients do:
   that has forgotten the instance (it expired, or Nacos restarted) answers code 20404 and we
   register it again with its full data.  A full beat would let Nacos re-create it silently,
   but also resurrect an instance whose beat raced its deregistration.
-- ``lookup`` lists healthy, enabled instances; ``watch`` polls that list every ``refresh``
-  seconds.  Nacos 2.x always answers ``checksum: ""`` and a fresh ``lastRefTime``, so changes
-  are found by comparing the lists themselves (``PollingWatch``).
+- ``register`` also publishes the instance's liveness timing (``ttl``): Nacos marks an
+  instance unhealthy when its beats stop for ``preserved.heart.beat.timeout`` and honours
+  ``preserved.heart.beat.interval``/``preserved.ip.delete.timeout`` from its metadata
+  (verified on 2.3.2), so a killed server leaves the healthy list within the TTL plus
+  Nacos's beat-check period (5 s, fixed in the server) instead of 15-20 s.
+- ``lookup`` lists healthy, enabled instances.  ``watch`` subscribes to Nacos's UDP push
+  (``nacos_push``): a push makes the service be listed again at once, and polls every
+  ``push_refresh`` seconds stay as a safety net (lost datagrams, a Nacos restart).  When a
+  poll finds a change that no push announced, pushes are not arriving (a firewall) and
+  watches poll every ``refresh`` seconds until a push arrives again.  All watches of a
+  registry share one poll per service within ``poll_budget`` polls per second
+  (``shared_polls``).  Nacos 2.x always answers ``checksum: ""`` and a fresh
+  ``lastRefTime``, so changes are found by comparing the lists themselves.
 - Several servers with failover on connection errors and on 502/503/504 answers; with a
   username, a login token that is renewed before its ``tokenTtl`` ends and after a 403.
   The token travels in the ``Authorization: Bearer`` header, which Nacos accepts like the
@@ -28,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
@@ -46,8 +57,9 @@ from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import (
     IRegistration, IRegistry, IServiceCatalog, IWatch, WatchCallback,
 )
-from msrpc.registry.polling import PollingWatch
+from msrpc.registry.nacos_push import USER_AGENT, Push, PushListener
 from msrpc.registry.registration import Registration
+from msrpc.registry.shared_polls import SharedPolls
 
 log = Logger()
 
@@ -59,6 +71,16 @@ DEFAULT_GROUP = "DEFAULT_GROUP"
 DEFAULT_CLUSTER = "DEFAULT"
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_REFRESH = 2.0
+#: Safety-net poll of a watched service while pushes arrive.  Nacos forgets a subscriber
+#: that has not listed anything for 30 s, so this stays well below that.
+DEFAULT_PUSH_REFRESH = 10.0
+#: Polls per second of one registry's watches together (each service is polled less often
+#: than its interval when there are more than budget x interval services).
+DEFAULT_POLL_BUDGET = 50.0
+#: Heartbeat timeout published with our instances (Nacos's own default is 15 s).
+DEFAULT_TTL = 6.0
+#: A change found by polling is blamed on lost pushes if no push for it came this soon after.
+PUSH_GRACE = 2.0
 #: Until the first beat answer says otherwise (Nacos's own default).
 DEFAULT_BEAT_INTERVAL = 5.0
 #: Renew the token once this share of its lifetime is left (the Java client's window).
@@ -67,6 +89,8 @@ PASSWORD_ENV = "MSRPC_NACOS_PASSWORD"
 
 #: Instance metadata that Nacos honours per instance (verified on 2.3.2), in milliseconds.
 BEAT_INTERVAL_KEY = "preserved.heart.beat.interval"
+BEAT_TIMEOUT_KEY = "preserved.heart.beat.timeout"
+DELETE_TIMEOUT_KEY = "preserved.ip.delete.timeout"
 
 BEAT_OK = 10200
 BEAT_UNKNOWN = 20404  # NamingResponseCode.RESOURCE_NOT_FOUND: register again
@@ -181,6 +205,19 @@ class _Beater:
             self._loop.interval = interval
 
 
+def liveness_metadata(ttl: float) -> dict[str, str]:
+    """
+    The metadata that makes Nacos expect a beat every ``ttl``/3 seconds, mark the instance
+    unhealthy after ``ttl`` seconds without one and delete it after 2 x ``ttl``; nothing
+    for ``ttl`` 0 (Nacos's defaults: 5 s, 15 s, 30 s).
+    """
+    if not ttl:
+        return {}
+    millis = round(ttl * 1000)
+    return {BEAT_INTERVAL_KEY: str(millis // 3), BEAT_TIMEOUT_KEY: str(millis),
+            DELETE_TIMEOUT_KEY: str(2 * millis)}
+
+
 def first_beat_interval(instance: ServiceInstance) -> float:
     """
     Seconds until the first beat: the instance's own ``preserved.heart.beat.interval`` if
@@ -198,8 +235,10 @@ def first_beat_interval(instance: ServiceInstance) -> float:
 class NacosRegistry:
     """
     ``IRegistry`` on one Nacos cluster.  ``reactor`` makes the HTTP client unless ``http``
-    (anything with treq's ``request``, e.g. ``treq.testing.StubTreq``) is given; ``clock``
-    (default: the reactor) drives beats, polls and request timeouts.
+    (anything with treq's ``request``, e.g. ``treq.testing.StubTreq``) is given, and listens
+    for UDP pushes on ``push_port`` (0: any free port; None: no push) at ``push_host``
+    (default: our address on the route to the first server); ``clock`` (default: the
+    reactor) drives beats, polls and request timeouts.
     """
 
     name = BACKEND
@@ -210,9 +249,17 @@ class NacosRegistry:
                  cluster: str = DEFAULT_CLUSTER, username: Optional[str] = None,
                  password: Optional[str] = None, tls: Optional[TLSFiles] = None,
                  timeout: float = DEFAULT_TIMEOUT, refresh: float = DEFAULT_REFRESH,
-                 context_path: str = DEFAULT_CONTEXT, api: NacosApi = V1) -> None:
+                 context_path: str = DEFAULT_CONTEXT, api: NacosApi = V1,
+                 ttl: float = DEFAULT_TTL, push_port: Optional[int] = 0,
+                 push_host: Optional[str] = None,
+                 push_refresh: float = DEFAULT_PUSH_REFRESH,
+                 poll_budget: float = DEFAULT_POLL_BUDGET) -> None:
         if username and password is None:
             raise ValueError("a Nacos username needs a password")
+        if ttl and ttl < 1:
+            raise ValueError(f"the Nacos TTL must be 0 (Nacos's default) or >= 1 s, got {ttl}")
+        if refresh <= 0 or push_refresh <= 0 or poll_budget <= 0:
+            raise ValueError("Nacos poll intervals and the poll budget must be positive")
         self.clock: Any = clock or reactor  # an IReactorTime
         scheme = "https" if tls is not None and tls.enabled else "http"
         parsed = Endpoints.parse(servers, default_scheme=scheme)
@@ -227,14 +274,31 @@ class NacosRegistry:
         self.cluster = cluster or DEFAULT_CLUSTER
         self.timeout = timeout
         self.refresh = refresh
+        self.push_refresh = push_refresh
+        self.ttl = ttl
         self.api = api
+        #: Counters for benchmarks, tests and metrics: "requests" (HTTP requests sent),
+        #: "changes.pushed"/"changes.polled" (list changes found after a push / by a poll).
+        self.stats: Counter[str] = Counter()
+        self._in_flight: set[Deferred[Any]] = set()
         self.username = username or None
         self.__password = password
         self._token: Optional[str] = None
         self._token_renew_at = 0.0
         self._login_lock = DeferredLock()
         self._registrations: list[tuple[Registration, _Beater]] = []
-        self._watches: list[PollingWatch] = []
+        self._polls = SharedPolls(self.clock, self._lookup_all, interval=refresh,
+                                  budget=poll_budget, name="nacos", on_change=self._changed)
+        self.push: Optional[PushListener] = None
+        if push_port is not None:
+            target = urlsplit(self.endpoints.urls[0])
+            self.push = PushListener(reactor, self.clock,
+                                     (target.hostname or "127.0.0.1", target.port or 80),
+                                     self._pushed, port=push_port, host=push_host)
+        #: Whether pushes arrive; None until the push port listens.
+        self.push_working: Optional[bool] = None
+        self._push_times: dict[str, float] = {}
+        self._suspects: dict[str, float] = {}
 
     def __repr__(self) -> str:
         user = f" user={self.username}" if self.username else ""
@@ -248,7 +312,11 @@ class NacosRegistry:
 
     def lookup(self, service: str, clusters: Sequence[str] = ()
                ) -> "Deferred[list[ServiceInstance]]":
-        """Healthy, enabled instances of ``service`` (in ``clusters`` only, if given)."""
+        """
+        Healthy, enabled instances of ``service`` (in ``clusters`` only, if given).  A lookup
+        of the whole service also subscribes to its pushes, as a watch usually follows.
+        """
+        self._start_push()
         return Deferred.fromCoroutine(self._lookup(service, clusters))
 
     def services(self) -> "Deferred[list[str]]":
@@ -270,9 +338,57 @@ class NacosRegistry:
         return Deferred.fromCoroutine(services())
 
     def watch(self, service: str, callback: WatchCallback) -> IWatch:
-        watch = PollingWatch(self.clock, self.lookup, service, callback, self.refresh)
-        self._watches.append(watch)
-        return watch
+        self._start_push()
+        return self._polls.watch(service, callback)
+
+    # ------------------------------------------------------------------ push
+
+    def _start_push(self) -> None:
+        if self.push is not None and self.push_working is None:
+            self.push_working = False
+            self.push.start().addCallback(self._push_started)
+
+    def _push_started(self, _: None) -> None:
+        if self.push is not None and self.push.listening:
+            self.push_working = True
+            self._polls.interval = self.push_refresh
+            self._polls.poll_all_soon()  # subscribe what is already watched
+
+    def _pushed(self, push: Push) -> None:
+        group, service = push.group_and_service
+        if group != self.group or not service:
+            return
+        self._push_times[service] = self.clock.seconds()
+        if not self.push_working and self.push is not None and self.push.listening:
+            log.info("nacos pushes arrive again: watches poll every {interval} s as a "
+                     "safety net", interval=self.push_refresh)
+            self.push_working = True
+            self._polls.interval = self.push_refresh
+        self._polls.poke(service)
+
+    def _changed(self, service: str, pushed: bool) -> None:
+        """A poll found a change: if no push announces it soon, pushes are not arriving."""
+        self.stats["changes.pushed" if pushed else "changes.polled"] += 1
+        if pushed or not self.push_working:
+            return
+        now = self.clock.seconds()
+        if self._push_times.get(service, -math.inf) >= now - PUSH_GRACE:
+            return
+        self._suspects[service] = now
+        self.clock.callLater(PUSH_GRACE, self._check_suspect, service, now)
+
+    def _check_suspect(self, service: str, found_at: float) -> None:
+        if self._suspects.get(service) != found_at:
+            return
+        del self._suspects[service]
+        if self._push_times.get(service, -math.inf) >= found_at - PUSH_GRACE:
+            return
+        if self.push_working:
+            log.warn("nacos pushes do not arrive (a change of {service} was found by polling "
+                     "only; is UDP blocked?): watches poll every {interval} s",
+                     service=service, interval=self.refresh)
+            self.push_working = False
+            self._polls.interval = self.refresh
 
     def close(self) -> "Deferred[None]":
         return Deferred.fromCoroutine(self._close())
@@ -280,10 +396,15 @@ class NacosRegistry:
     # ------------------------------------------------------------------ the work
 
     def resolve(self, instance: ServiceInstance) -> ServiceInstance:
-        """The instance with this registry's namespace, group and cluster where it has none."""
+        """
+        The instance with this registry's namespace, group and cluster where it has none,
+        and our liveness timing in its metadata unless the metadata sets its own.
+        """
         return instance.with_changes(namespace=instance.namespace or self.namespace,
                                      group=instance.group or self.group,
-                                     cluster=instance.cluster or self.cluster)
+                                     cluster=instance.cluster or self.cluster,
+                                     metadata={**liveness_metadata(self.ttl),
+                                               **instance.metadata})
 
     async def _register(self, instance: ServiceInstance) -> IRegistration:
         instance = self.resolve(instance)
@@ -310,11 +431,16 @@ class NacosRegistry:
         log.info("deregistered {service} at {address} from nacos",
                  service=instance.service, address=instance.address)
 
+    def _lookup_all(self, service: str) -> "Deferred[list[ServiceInstance]]":
+        return Deferred.fromCoroutine(self._lookup(service, ()))
+
     async def _lookup(self, service: str, clusters: Sequence[str]) -> list[ServiceInstance]:
         params = {"serviceName": service, "groupName": self.group,
                   "namespaceId": self.namespace, "healthyOnly": "true"}
         if clusters:
             params["clusters"] = ",".join(clusters)
+        elif self.push is not None:
+            params.update(self.push.params)
         what = f"lookup of {service}"
         data = _json(await self._call("GET", self.api.instance_list, params, what), what)
         group = str(data.get("groupName") or self.group)
@@ -342,9 +468,10 @@ class NacosRegistry:
             return None
 
     async def _close(self) -> None:
-        for watch in self._watches:
-            watch.stop()
-        self._watches.clear()
+        self._polls.stop()
+        self._suspects.clear()
+        if self.push is not None:
+            await self.push.stop()
         registrations, self._registrations = self._registrations, []
         for _, beater in registrations:
             beater.stop()
@@ -354,6 +481,8 @@ class NacosRegistry:
             if not ok:
                 log.warn("could not deregister {address} from nacos on close: {error}",
                          address=registration.instance.address, error=result.getErrorMessage())
+        for request in list(self._in_flight):  # e.g. a beat sent before close
+            request.cancel()
         if self._pool is not None:
             await self._pool.closeCachedConnections()
 
@@ -405,13 +534,21 @@ class NacosRegistry:
               headers: Mapping[str, str], form: bool) -> "Deferred[tuple[int, bytes]]":
         async def send() -> tuple[int, bytes]:
             where = {"data": dict(params)} if form else {"params": dict(params)}
-            response = await self._http.request(method, url, headers=dict(headers), **where)
+            self.stats["requests"] += 1
+            response = await self._http.request(method, url, headers={
+                "User-Agent": USER_AGENT, **headers}, **where)
             body = await treq.content(response)
             if response.code in (502, 503, 504):
                 raise _NotServing(f"HTTP {response.code}: {nacos_message(body)[:200]}")
             return response.code, body
 
-        return with_timeout(Deferred.fromCoroutine(send()), self.timeout, self.clock)
+        d = with_timeout(Deferred.fromCoroutine(send()), self.timeout, self.clock)
+        self._in_flight.add(d)
+        return d.addBoth(self._landed, d)
+
+    def _landed(self, result: Any, request: "Deferred[Any]") -> Any:
+        self._in_flight.discard(request)
+        return result
 
     async def _access_token(self) -> str:
         """The current token: a login when there is none or its lifetime is nearly over."""
@@ -454,8 +591,37 @@ OPTIONS = [
     ["nacos-key", None, "", "PEM key of --nacos-cert (if not in the same file)."],
     ["nacos-timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for one Nacos request.", float],
     ["nacos-refresh", None, DEFAULT_REFRESH,
-     "Seconds between instance-list polls of a watch.", float],
+     "Seconds between instance-list polls of a watched service while no UDP push arrives.",
+     float],
+    ["nacos-push-port", None, "0",
+     "UDP port for Nacos's change pushes (0: any free port; 'off': no push, poll only)."],
+    ["nacos-push-host", None, "",
+     "Our address that Nacos pushes to, and the push port binds (default: our address on "
+     "the route to the first Nacos server)."],
+    ["nacos-push-refresh", None, DEFAULT_PUSH_REFRESH,
+     "Seconds between safety-net polls of a watched service while pushes arrive (< 30).",
+     float],
+    ["nacos-poll-budget", None, DEFAULT_POLL_BUDGET,
+     "Instance-list polls per second for all watched services together.", float],
+    ["nacos-ttl", None, DEFAULT_TTL,
+     "Seconds without a beat before Nacos marks our instances unhealthy (beats every TTL/3, "
+     "deleted after 2 x TTL; 0: Nacos's 15 s default). --metadata preserved.* keys win.",
+     float],
 ]
+
+
+def parse_push_port(value: Any) -> Optional[int]:
+    """``--nacos-push-port``: a port number, 0 for any, or off/none/-1 for no push."""
+    text = str(value if value is not None else "0").strip().lower()
+    if text in ("off", "none", "no", "false", "-1"):
+        return None
+    try:
+        port = int(text or "0")
+    except ValueError:
+        raise usage.UsageError(f"--nacos-push-port must be a port, 0 or 'off', not {value!r}")
+    if not 0 <= port < 65536:
+        raise usage.UsageError(f"--nacos-push-port out of range: {port}")
+    return port
 
 
 def read_password(path: Optional[str], environ: Mapping[str, str] = os.environ
@@ -477,6 +643,16 @@ def from_options(reactor: Any, options: Mapping[str, Any]) -> NacosRegistry:
         raise usage.UsageError(f"--nacos-user needs --nacos-password-file or ${PASSWORD_ENV}")
     tls = TLSFiles(ca=options.get("nacos-ca") or None, cert=options.get("nacos-cert") or None,
                    key=options.get("nacos-key") or None)
+    ttl = float(options.get("nacos-ttl", DEFAULT_TTL))
+    if ttl and ttl < 1:
+        raise usage.UsageError(f"--nacos-ttl must be 0 or at least 1 s, not {ttl:g}")
+    numbers = {name: float(options.get(f"nacos-{name.replace('_', '-')}") or default)
+               for name, default in (("refresh", DEFAULT_REFRESH),
+                                     ("push_refresh", DEFAULT_PUSH_REFRESH),
+                                     ("poll_budget", DEFAULT_POLL_BUDGET))}
+    if min(numbers.values()) <= 0:
+        raise usage.UsageError("--nacos-refresh, --nacos-push-refresh and --nacos-poll-budget "
+                               "must be positive")
     return NacosRegistry(
         reactor, options.get("nacos") or DEFAULT_SERVER,
         namespace=options.get("nacos-namespace") or DEFAULT_NAMESPACE,
@@ -484,9 +660,12 @@ def from_options(reactor: Any, options: Mapping[str, Any]) -> NacosRegistry:
         cluster=options.get("nacos-cluster") or DEFAULT_CLUSTER,
         username=user, password=password if user else None,
         tls=tls if tls.enabled else None,
-        timeout=float(options.get("nacos-timeout") or DEFAULT_TIMEOUT),
-        refresh=float(options.get("nacos-refresh") or DEFAULT_REFRESH))
+        timeout=float(options.get("nacos-timeout") or DEFAULT_TIMEOUT), ttl=ttl,
+        push_port=parse_push_port(options.get("nacos-push-port", "0")),
+        push_host=options.get("nacos-push-host") or None, refresh=numbers["refresh"],
+        push_refresh=numbers["push_refresh"], poll_budget=numbers["poll_budget"])
 
 
 __all__ = ["NacosRegistry", "NacosApi", "V1", "OPTIONS", "from_options", "read_password",
-           "nacos_message", "error_for", "BEAT_OK", "BEAT_UNKNOWN"]
+           "nacos_message", "error_for", "liveness_metadata", "parse_push_port", "BEAT_OK",
+           "BEAT_UNKNOWN"]

@@ -54,9 +54,11 @@ JVM_FLAGS = [
     f"-Dserver.address={HOST}",
     f"-Dnacos.inetutils.ip-address={HOST}",
     "-Dnacos.istio.mcp.server.enabled=false",
+    # Derby's login timeout (3 s by default) fails the start on a busy machine
+    "-Ddb.pool.config.connectionTimeout=60000",
 ]
 
-START_TIMEOUT = 120.0
+START_TIMEOUT = 240.0
 STOP_TIMEOUT = 30.0
 
 #: Nacos honours these instance metadata keys (verified): beats every second, unhealthy after
