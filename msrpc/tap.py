@@ -323,7 +323,6 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
 def make_supervisor(options: usage.Options, reactor: Any) -> IService:
     """``--workers N``: this process starts, supervises and publishes N server processes
     (``msrpc.workers``); it serves nothing itself."""
-    top = SequentialMultiService()
     registry = make_registry(reactor, options)
     pool = WorkerPool(reactor, ListenAddress.parse(options["listen"]),
                       worker_command(options.argv,  # type: ignore[attr-defined]
@@ -333,23 +332,13 @@ def make_supervisor(options: usage.Options, reactor: Any) -> IService:
                       reuse_port=reuse_port_spreads())
     supervisor = Supervisor(reactor, pool, registry=registry, grace=options["grace"],
                             drain_timeout=options["drain-timeout"])
-    Closing("registry", registry.close).setServiceParent(top)
-    supervisor.setName("server")
-    supervisor.setServiceParent(top)
-    signals = SecondSignal(reactor, supervisor.hurry)
-    signals.setName("signals")
-    signals.setServiceParent(top)
-    supervisor.ready.addErrback(_stop_reactor, reactor)
-    top.registry = registry  # type: ignore[attr-defined]
-    top.server = supervisor  # type: ignore[attr-defined]
-    return top
+    return _process_tree(reactor, registry, supervisor)
 
 
 def make_server(options: usage.Options, reactor: Any,
                 worker: Optional[dict[str, Any]] = None) -> IService:
     """One server process; with ``worker`` (from its supervisor), one of several: it
     serves on the supervisor's address and reports there instead of registering."""
-    top = SequentialMultiService()
     registry = make_registry(reactor, options)
     client = Client(reactor, registry, timeout=options["timeout"], token=options["call-token"],
                     balancer=options["balancers"] or "weighted_random",
@@ -393,21 +382,30 @@ def make_server(options: usage.Options, reactor: Any,
             server.dispatcher.limit_method(service, method, rate_value, burst)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-    # Stopped one after the other, in reverse order: the server deregisters and drains
-    # first, then the shared client closes, then the registry (its own close deregisters
-    # anything left).  A second SIGTERM/SIGINT meanwhile cuts the drain short.
+    top = _process_tree(reactor, registry, server, client)
+    if worker is not None:
+        server.ready.addCallback(lambda _: report_ready(server))
+        ignore_interrupts(reactor)
+        stop_when_orphaned(reactor)
+    return top
+
+
+def _process_tree(reactor: Any, registry: Any, server: Server,
+                  client: Optional[Client] = None) -> IService:
+    """The process's services, stopped one after the other, in reverse order: the server
+    deregisters and drains first, then the shared client closes, then the registry (its
+    own close deregisters anything left).  A second SIGTERM/SIGINT meanwhile cuts the
+    drain short.  A server that cannot start stops the process."""
+    top = SequentialMultiService()
     Closing("registry", registry.close).setServiceParent(top)
-    Closing("client", client.close).setServiceParent(top)
+    if client is not None:
+        Closing("client", client.close).setServiceParent(top)
     server.setName("server")
     server.setServiceParent(top)
     signals = SecondSignal(reactor, server.hurry)
     signals.setName("signals")
     signals.setServiceParent(top)
     server.ready.addErrback(_stop_reactor, reactor)
-    if worker is not None:
-        server.ready.addCallback(lambda _: report_ready(server))
-        ignore_interrupts(reactor)
-        stop_when_orphaned(reactor)
     top.client = client  # type: ignore[attr-defined]
     top.registry = registry  # type: ignore[attr-defined]
     top.server = server  # type: ignore[attr-defined]

@@ -575,5 +575,7 @@ class Supervisor(Server):
         return list(self.pool.instances)
 
     def hurry(self) -> None:
+        if self.running or self.hurried:
+            return  # as Server.hurry: only a stop under way is hurried
         super().hurry()
         self.pool.hurry()

@@ -177,3 +177,28 @@ class ReactorChoiceTests(TestCase):
         self.assertEqual(parse_args(["--systems", "baseline,msrpc@asyncio"]).systems,
                          ["baseline", "msrpc@asyncio"])
         self.assertRaises(SystemExit, parse_args, ["--systems", "msrpc@nope"])
+
+
+class ScaleBenchTests(TestCase):
+    def test_descriptor_limit_is_raised_up_to_the_hard_limit_only(self) -> None:
+        import resource
+        from bench.connections import raise_descriptor_limit
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        self.assertEqual(raise_descriptor_limit(1), soft)  # never lowered
+        if hard != resource.RLIM_INFINITY:
+            self.assertEqual(raise_descriptor_limit(hard + 1000), hard)
+
+    def test_workers_rows_give_scaling_and_the_ratio_to_the_baseline(self) -> None:
+        from bench.workers import summarize as summarize_workers
+        runs = [{"system": s, "workers": n, "calls_per_s": rate, "server_cores": cores,
+                 "errors": 0}
+                for s, n, rate, cores in (("baseline", 1, 100.0, 1.0),
+                                          ("baseline", 2, 190.0, 2.0),
+                                          ("msrpc", 1, 80.0, 1.0),
+                                          ("msrpc", 2, 152.0, 1.9))]
+        rows = {(r["system"], r["workers"]): r
+                for r in summarize_workers(runs, ["baseline", "msrpc"], [1, 2])}
+        self.assertAlmostEqual(rows["msrpc", 2]["scaling"], 1.9)
+        self.assertAlmostEqual(rows["msrpc", 2]["vs_baseline"], 0.8)
+        self.assertAlmostEqual(rows["msrpc", 2]["calls_per_core_s"], 80.0)
