@@ -41,12 +41,19 @@ from msrpc.workers import (
 
 
 def load_object(spec: str) -> Any:
-    """``package.module:attribute`` → the attribute (a class or a factory)."""
+    """
+    ``package.module:attribute`` → the attribute (a class or a factory).
+
+    A module that is nowhere on ``sys.path`` is looked for in the current directory too,
+    as ``python -m`` would (twistd, unlike ``python -m``, does not put it on the path), so
+    ``--service inventory=inventory:Inventory`` finds ``./inventory.py``.  The directory
+    goes at the end of the path: it never shadows an installed module.
+    """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise usage.UsageError(f"expected module:object, got {spec!r}")
     try:
-        target: Any = importlib.import_module(module_name)
+        target: Any = _import_here_too(module_name)
     except ImportError as e:
         raise usage.UsageError(f"cannot import {module_name!r}: {e}") from None
     for part in attribute.split("."):
@@ -55,6 +62,18 @@ def load_object(spec: str) -> Any:
         except AttributeError:
             raise usage.UsageError(f"{module_name!r} has no attribute {attribute!r}") from None
     return target
+
+
+def _import_here_too(module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        here = os.getcwd()
+        top_level = module_name.partition(".")[0]
+        if e.name != top_level or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
 
 
 def instantiate(factory: Any, **available: Any) -> Any:

@@ -131,6 +131,21 @@ class ServiceTreeTests(TestCase):
         self.assertRaises(usage.UsageError, self.make, "--service", "x=no.such.module:X")
         self.assertRaises(usage.UsageError, self.make, "--service", "x=msrpc.demo:Nope")
 
+    def test_service_module_in_the_current_directory_is_found(self) -> None:
+        """twistd does not put the current directory on sys.path as ``python -m`` does;
+        ``--service name=module:Class`` looks there too, after everything installed."""
+        here = os.path.abspath(self.mktemp())
+        os.makedirs(here)
+        with open(os.path.join(here, "tap_cwd_probe.py"), "w") as f:
+            f.write("class Probe:\n    def hello(self) -> str:\n        return 'hi'\n")
+        self.addCleanup(os.chdir, os.getcwd())
+        self.patch(sys, "path", [p for p in sys.path if p not in ("", os.getcwd())])
+        self.addCleanup(sys.modules.pop, "tap_cwd_probe", None)
+        os.chdir(here)
+        top = self.make("--service", "probe=tap_cwd_probe:Probe")
+        self.assertEqual(type(top.server.dispatcher.services["probe"]).__name__, "Probe")
+        self.assertEqual(sys.path[-1], here)
+
     def test_method_rate_for_unknown_method_is_a_usage_error(self) -> None:
         self.assertRaises(usage.UsageError, self.make, "--method-rate", "echo.nope=5")
 

@@ -1,5 +1,5 @@
 """
-Go's ``encoding/gob`` for Python: the serializer of msgo peers (wire serializer id 0).
+Go's ``encoding/gob`` for Python: the serializer of msgo peers (wire serializer id 0)::
 
     from msrpc import gob
 

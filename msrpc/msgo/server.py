@@ -39,8 +39,8 @@ from msrpc.msgo.messages import GOB, MsRpcRequest, MsRpcResponse
 from msrpc.wire import RESPONSE, Serializer, encode_frame
 
 if TYPE_CHECKING:
+    import msrpc.server
     from msrpc.protocol import RpcProtocol
-    from msrpc.server import Dispatcher
     from msrpc.service import Method
 
 Converter = Callable[[Any], Any]
@@ -136,7 +136,8 @@ class MsgoServer:
 
     log = Logger()
 
-    def __init__(self, dispatcher: "Dispatcher", registry: GobRegistry = default_registry
+    def __init__(self, dispatcher: "msrpc.server.Dispatcher",
+                 registry: GobRegistry = default_registry
                  ) -> None:
         self.dispatcher = dispatcher
         self.registry = registry
