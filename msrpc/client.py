@@ -30,7 +30,7 @@ from msrpc.errors import (
 )
 from msrpc.msgo import DIALECTS, MSGO
 from msrpc.pool import Connector, Endpoint, Pool, PoolSettings, tcp_connector
-from msrpc.protocol import ProtocolSettings
+from msrpc.protocol import ProtocolSettings, RpcProtocol  # RpcProtocol: the Connector alias names it
 from msrpc.registry.interface import IRegistry
 from msrpc.resolver import Resolver, ServiceView
 from msrpc.sweep import CLIENT_KEEPALIVE, KeepaliveSettings, Sweeper
