@@ -560,7 +560,8 @@ class Supervisor(Server):
     """
 
     def __init__(self, reactor: Any, pool: WorkerPool, **kwargs: Any) -> None:
-        super().__init__(reactor, _WorkersEndpoint(self), **kwargs)
+        # It answers no calls, so no msrpc.health either: each worker serves its own.
+        super().__init__(reactor, _WorkersEndpoint(self), health=False, **kwargs)
         self.pool = pool
 
     async def _start_workers(self) -> IListeningPort:

@@ -31,6 +31,7 @@ from msrpc.sweep import SERVER_KEEPALIVE, Sweeper
 from msrpc.testing import MemoryNetwork
 from msrpc.wire import REQUEST, RESPONSE, FrameParser, encode_frame
 from tests.test_gob import MSGO_BODIES
+from tests.test_observe import Recorder
 
 
 @gob.register("*msgotest.Goods")
@@ -188,6 +189,21 @@ class MsgoClientTests(TestCase):
                       str(error))
         self.assertIn("does not exist or an argument is not of the Go type", str(error))
         self.assertIn("sent: int, int64", str(error))
+
+    def test_msgo_calls_are_observed_like_native_ones(self) -> None:
+        recorder = Recorder()
+        self.net.server({"seen": Shop()}, address="10.0.0.4:7000", observers=[recorder],
+                        limits=ServerLimits(rate=1, burst=1))
+        client = self.net.client(dialect="msgo", retry=RetryPolicy(max_attempts=1))
+        self.addCleanup(client.close)
+        calls = [client.call("seen", "Add", 1, 2), client.call("seen", "Add", 3, 4)]
+        self.net.advance(0)
+        self.assertEqual(self.successResultOf(calls[0]), 3)
+        self.failureResultOf(calls[1], RateLimited)
+        self.assertEqual(recorder.started, [("server", "seen", "Add")])
+        self.assertEqual(sorted((c.service, c.method, c.code, c.refused)
+                                for c in recorder.finished),
+                         [("other", "other", 700, "rate_limited"), ("seen", "Add", 200, "")])
 
     def test_unknown_dialects_are_refused(self) -> None:
         self.assertRaises(ValueError, self.net.client, dialect="grpc")

@@ -118,7 +118,8 @@ class ServiceTreeTests(TestCase):
 
     def test_demo_services_are_served_by_default(self) -> None:
         top = self.make()
-        self.assertEqual(sorted(top.server.dispatcher.services), ["arith", "echo"])
+        self.assertEqual(sorted(top.server.dispatcher.services),
+                         ["arith", "echo", "msrpc.health"])
         self.assertIsInstance(top.server.dispatcher.services["echo"], Echo)
         self.assertIsInstance(top.server.dispatcher.services["arith"], Arith)
 
@@ -153,7 +154,7 @@ class ServiceTreeTests(TestCase):
         top = self.make()
         names = [s.name for s in top]
         # stopped in reverse, one after the other
-        self.assertEqual(names, ["registry", "client", "server", "signals"])
+        self.assertEqual(names, ["spans", "registry", "client", "server", "signals"])
         self.assertIsInstance(top, SequentialMultiService)
         self.assertTrue(IService.providedBy(top.server))
         self.assertIsInstance(top.registry, StaticRegistry)
@@ -219,3 +220,58 @@ class ServiceTreeTests(TestCase):
         top = tap.makeService(parse("--registry", "static", "--listen", "tcp:0"), reactor)
         top.server.ready.errback(OSError("address in use"))
         self.assertTrue(reactor.hasStopped)
+
+
+class OperationsOptionTests(TestCase):
+    """--admin, --trace, --otlp-endpoint, --access-log: what each installs."""
+
+    def make(self, *argv: str) -> IServiceCollection:
+        options = parse("--registry", "static", "--listen", "tcp:0", *argv)
+        return tap.makeService(options, MemoryReactorClock())
+
+    def test_nothing_observes_by_default(self) -> None:
+        top = self.make()
+        self.assertIsNone(top.server.observer)
+        self.assertIsNone(top.client._observer)
+        self.assertFalse(hasattr(top, "admin"))
+
+    def test_admin_serves_metrics_of_server_and_client(self) -> None:
+        from msrpc.admin import AdminService
+        from msrpc.metrics import Metrics
+
+        top = self.make("--admin", "tcp:0:interface=127.0.0.1")
+        self.assertIsInstance(top.admin, AdminService)
+        self.assertEqual([s.name for s in top][0], "admin")  # stopped last
+        self.assertIsInstance(top.server.observer, Metrics)
+        self.assertIs(top.client._observer, top.server.observer)
+
+    def test_no_metrics_keeps_the_admin_endpoint_without_them(self) -> None:
+        top = self.make("--admin", "tcp:0", "--no-metrics")
+        self.assertIsNone(top.server.observer)
+
+    def test_trace_modes(self) -> None:
+        from msrpc.tracecontext import TraceContextPropagation
+        from msrpc.tracing import OpenTelemetryTracing
+
+        self.assertIsInstance(self.make("--trace", "w3c").server.observer,
+                              TraceContextPropagation)
+        self.assertIsInstance(self.make("--trace", "otel").client._observer,
+                              OpenTelemetryTracing)
+        self.assertRaises(usage.UsageError, parse, "--trace", "zipkin")
+
+    def test_an_otlp_endpoint_implies_otel(self) -> None:
+        self.assertEqual(parse("--otlp-endpoint", "http://127.0.0.1:4318")["trace"], "otel")
+
+    def test_access_log_observes_the_server_only(self) -> None:
+        from msrpc.accesslog import AccessLog
+
+        top = self.make("--access-log")
+        self.assertIsInstance(top.server.observer, AccessLog)
+        self.assertIsNone(top.client._observer)
+
+
+class AdminWithWorkersTests(TestCase):
+    def test_admin_is_refused_with_several_workers(self) -> None:
+        error = self.assertRaises(usage.UsageError, parse, "--admin", "tcp:0", "--workers",
+                                  "2")
+        self.assertIn("--admin serves one process", str(error))

@@ -202,6 +202,21 @@ class MsgoRequest:
     def reply_ok(self, rid: int, ser: int, codec: Any, data: Any) -> None:
         self.reply(rid, ser, 200, data)
 
+    def refuse(self, rid: int, ser: int, code: int, data: Any = None, msg: str = "",
+               details: Any = None) -> None:
+        """A request refused before its handler ran (observed connections note why)."""
+        note = getattr(self.protocol, "note_refusal", None)
+        if note is not None:
+            note(rid, code)
+        self.reply(rid, ser, code, data, msg, details)
+
+    def call_identified(self, rid: int, service: str, method: str, meta: Any,
+                        started: float, size: int) -> None:
+        self.protocol.call_identified(rid, service, method, meta, started, size)
+
+    def call_cancelled(self, rid: int) -> None:
+        self.protocol.call_cancelled(rid)
+
     def reply(self, rid: int, ser: int, code: int, data: Any = None, msg: str = "",
               details: Any = None) -> None:
         protocol = self.protocol
@@ -215,8 +230,8 @@ class MsgoRequest:
         except EncodeError as e:
             self.server.log.warn("answering a msgo client with 500: {error}", error=e)
             body = self._encode(500, f"result could not be encoded for Go: {e}", None)
-        protocol.send_frame(encode_frame(RESPONSE, _GZIP, GOB, rid,
-                                         compress.compress(_GZIP, body)))
+        protocol.send_response_frame(rid, code, encode_frame(
+            RESPONSE, _GZIP, GOB, rid, compress.compress(_GZIP, body)))
         # One request per connection, as msgo: close once this read's replies are out.
         clock = self.server.dispatcher.clock
         clock.callLater(0, protocol.close, clock)

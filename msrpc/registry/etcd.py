@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from msrpc.errors import RegistryError
+from msrpc.observe import RegistryEvents
 from msrpc.registry.etcd_api import (
     EtcdAuthError, EtcdError, EtcdGateway, HTTPPoster, LineStream, b64, header_revision,
     prefix_end, unb64, unwrap)
@@ -94,8 +95,9 @@ class _LeaseKeeper:
     log = Logger()
 
     def __init__(self, gateway: EtcdGateway, clock: IReactorTime, instance: ServiceInstance,
-                 key: str, ttl: float) -> None:
+                 key: str, ttl: float, events: Optional[RegistryEvents] = None) -> None:
         self.gateway = gateway
+        self.events = events
         self.instance = instance
         self.key = key
         self.ttl = ttl
@@ -151,6 +153,8 @@ class _LeaseKeeper:
                               lost=lost)
             self._outage.recovered("etcd answers again; {key} is kept alive", key=self.key)
         except Exception as e:
+            if self.events is not None:
+                self.events.error("keepalive", e)
             self._outage.failed("cannot keep {key} alive in etcd, retrying every {interval}s",
                                 e, key=self.key, interval=round(self.ttl / 3.0, 3))
 
@@ -214,6 +218,7 @@ class _ServiceWatch:
         self._last: Optional[tuple] = None
         self._token: Optional[str] = None      # the one the current stream was opened with
         self._created = False                  # the current stream got its "created" line
+        self._streamed = False                 # some stream was created before this one
         self._stopped = False
         self._outage = _Outage(self.log)
         self._task = defer.Deferred.fromCoroutine(self._run())
@@ -255,6 +260,7 @@ class _ServiceWatch:
                               "{revision}", service=self.service,
                               revision=min(self._revisions.values()))
             else:
+                self._registry.events.error("watch", error)
                 self._outage.failed("watch of {service} interrupted, retrying", error,
                                     service=self.service)
                 if isinstance(error, (_Canceled, EtcdAuthError)):
@@ -292,6 +298,9 @@ class _ServiceWatch:
             if not self._created:
                 self._created = True
                 self._outage.recovered("watch of {service} is back", service=self.service)
+                if self._streamed:
+                    self._registry.events.watch_reconnected(self.service)
+                self._streamed = True
             return
         watch_id = int(result.get("watch_id", 0))
         events = result.get("events")
@@ -365,6 +374,8 @@ class EtcdRegistry:
         self._keepers: list[_LeaseKeeper] = []
         self._watches: list[_ServiceWatch] = []
         self._closed = False
+        #: Errors and watch reconnects, for observers (``msrpc.observe``).
+        self.events = RegistryEvents(self.name)
 
     # ----------------------------------------------------------------- keys
 
@@ -399,7 +410,7 @@ class EtcdRegistry:
         async def register() -> IRegistration:
             self._check_open()
             keeper = _LeaseKeeper(self.gateway, self.clock, instance, self.key_for(instance),
-                                  self.ttl)
+                                  self.ttl, events=self.events)
             self._keepers.append(keeper)  # so that close() meanwhile reaches it
             try:
                 await keeper.start()

@@ -57,6 +57,7 @@ from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import (
     IRegistration, IRegistry, IServiceCatalog, IWatch, WatchCallback,
 )
+from msrpc.observe import RegistryEvents
 from msrpc.registry.nacos_push import USER_AGENT, Push, PushListener
 from msrpc.registry.registration import Registration
 from msrpc.registry.shared_polls import SharedPolls
@@ -187,6 +188,7 @@ class _Beater:
                 log.info("re-registered {service} at {address} in nacos",
                          service=instance.service, address=instance.address)
         except RegistryError as e:
+            self._registry.events.error("keepalive", e)
             if not self._failing:
                 self._failing = True
                 log.warn("beat for {service} at {address} failed, will keep trying: {error}",
@@ -287,8 +289,11 @@ class NacosRegistry:
         self._token_renew_at = 0.0
         self._login_lock = DeferredLock()
         self._registrations: list[tuple[Registration, _Beater]] = []
+        #: Errors and watch reconnects, for observers (``msrpc.observe``).
+        self.events = RegistryEvents(self.name)
         self._polls = SharedPolls(self.clock, self._lookup_all, interval=refresh,
-                                  budget=poll_budget, name="nacos", on_change=self._changed)
+                                  budget=poll_budget, name="nacos", on_change=self._changed,
+                                  events=self.events)
         self.push: Optional[PushListener] = None
         if push_port is not None:
             target = urlsplit(self.endpoints.urls[0])
