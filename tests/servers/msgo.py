@@ -7,10 +7,12 @@ Without Go the tests skip locally and fail under CI.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -26,13 +28,40 @@ _SERVING = re.compile(r"^serving on (\S+)$", re.M)
 
 
 def go_command() -> str:
-    """The ``go`` command: on the PATH, or where the Go tarball installs it."""
+    """The ``go`` command: on the PATH, or where the Go tarball installs it, new enough for
+    the peer's go.mod (an older Go would fail the build with less telling errors)."""
     found = shutil.which("go")
     if found is None and os.access("/usr/local/go/bin/go", os.X_OK):
         found = "/usr/local/go/bin/go"
     if found is None:
         server_unavailable("Go is not installed (run scripts/install-go)")
+    have, need = _go_version(found), _needed_go_version()
+    if have is None or have < need:
+        server_unavailable(f"{found} is {'.'.join(map(str, have or ())) or 'unusable'}, older "
+                           f"than the Go {'.'.join(map(str, need))} {PEER_SOURCE.name}/go.mod "
+                           f"names (run scripts/install-go)")
     return found
+
+
+_VERSION = re.compile(r"\bgo(\d+)\.(\d+)")
+
+
+def _needed_go_version() -> tuple[int, ...]:
+    match = re.search(r"^go (\d+)\.(\d+)", (PEER_SOURCE / "go.mod").read_text(), re.M)
+    assert match is not None, "tests/msgo_peer/go.mod names no Go version"
+    return tuple(map(int, match.groups()))
+
+
+@functools.lru_cache(maxsize=None)
+def _go_version(go: str) -> Optional[tuple[int, ...]]:
+    """(1, 22) from ``go version go1.22.3 linux/amd64``; None if it does not run."""
+    try:
+        out = subprocess.run([go, "version"], capture_output=True, text=True, timeout=30,
+                             env=go_env()).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _VERSION.search(out)
+    return tuple(map(int, match.groups())) if match else None
 
 
 def go_env() -> dict[str, str]:
