@@ -19,10 +19,11 @@ from twisted.trial.unittest import TestCase
 from msrpc import compress, gob
 from msrpc.client import Client, RetryPolicy
 from msrpc.errors import (
-    BadRequest, CallTimeout, EncodeError, MsgoDropped, NotFound, RateLimited, RemoteError,
+    BadRequest, CallTimeout, DecodeError, EncodeError, MsgoDropped, NotFound, RateLimited, RemoteError,
     Unauthorized,
 )
 from msrpc.gob import Int64, Uint8
+from msrpc.msgo.client import MsgoDialect
 from msrpc.msgo.messages import GOB, MsRpcRequest, MsRpcResponse
 from msrpc.protocol import ProtocolSettings, RpcProtocol
 from msrpc.registry.instance import ServiceInstance
@@ -265,6 +266,60 @@ class MsgoServerFrameTests(TestCase):
     def test_a_body_that_is_not_gzip_is_answered_400(self) -> None:
         header, response = self.answer(encode_frame(REQUEST, compress.GZIP, GOB, 1, b"junk"))
         self.assertEqual((response.Code, "corrupt gzip" in response.Msg), (400, True))
+
+    def test_a_gzip_bomb_is_answered_400_without_inflating_it(self) -> None:
+        bomb = b"\0" * (compress.DEFAULT_MAX_DECOMPRESSED + 1)
+        header, response = self.answer(self.msgo_frame(bomb))
+        self.assertEqual(response.Code, 400)
+        self.assertIn(f"decompressed-size limit of {compress.DEFAULT_MAX_DECOMPRESSED} bytes",
+                      response.Msg)
+
+
+class HostileAnswerTests(TestCase):
+    """Whatever a broken or hostile msgo server answers fails that one call with a
+    ``DecodeError`` saying so: bad gob, a gzip bomb (not inflated), no ``MsRpcResponse``."""
+
+    def answer(self, body: bytes) -> Any:
+        dialect = MsgoDialect(Clock(), connector=None,  # type: ignore[arg-type]
+                              connect_timeout=1.0)
+        protocol = RpcProtocol(dialect.settings)
+        protocol.makeConnection(StringTransport())
+        outcomes: list[Any] = []
+
+        class Pending:
+            service, method, args, kwargs, meta = "goods", "Find", [Int64(1)], None, None
+
+            def succeeded(self, data: Any) -> None:
+                outcomes.append(data)
+
+            def failed(self, error: Any) -> None:
+                outcomes.append(error)
+
+        rid = protocol.send_call(Pending())
+        protocol.dataReceived(encode_frame(RESPONSE, compress.GZIP, GOB, rid,
+                                           gzip.compress(body)))
+        [outcome] = outcomes
+        return outcome
+
+    def test_bad_gob_is_a_decode_error(self) -> None:
+        error = self.answer(b"\x03\xff\x80\x00")
+        self.assertIsInstance(error, DecodeError)
+        self.assertIn("undecodable response from", str(error))
+
+    def test_a_gzip_bomb_is_a_decode_error(self) -> None:
+        error = self.answer(b"\0" * (compress.DEFAULT_MAX_DECOMPRESSED + 1))
+        self.assertIsInstance(error, DecodeError)
+        self.assertIn(f"decompressed-size limit of {compress.DEFAULT_MAX_DECOMPRESSED} bytes",
+                      str(error))
+
+    def test_another_go_value_than_a_response_is_a_decode_error(self) -> None:
+        error = self.answer(gob.encode(MsRpcRequest(Int64(1), "goods", "Find", [])))
+        self.assertIsInstance(error, DecodeError)
+        self.assertIn("not msgo's MsRpcResponse", str(error))
+
+    def test_a_good_answer_passes(self) -> None:
+        self.assertEqual(self.answer(gob.encode(MsRpcResponse(
+            RequestId=Int64(1), Code=gob.Int16(200), Data=Int64(5)))), 5)
 
 
 class Calc:

@@ -20,7 +20,7 @@ from typing import Any
 
 from msrpc import gob
 from msrpc.codec import DEFAULT_LIMITS, Limits
-from msrpc.errors import EncodeError
+from msrpc.errors import DecodeError, EncodeError
 from msrpc.gob import Int16, Int64, Uint8
 from msrpc.wire import Serializer
 
@@ -73,6 +73,10 @@ class MsgoClientCodec:
     def decode(self, data: bytes) -> Any:
         response = gob.decode(data, self._response, registry=self.registry,
                               limits=self.limits)
+        if not response.Code:
+            # Gob matches structs by field name: any struct sharing one field with
+            # MsRpcResponse decodes as one, with no code.
+            raise DecodeError("the answer is not msgo's MsRpcResponse (it has no Code)")
         answer = {"code": int(response.Code), "msg": response.Msg, "data": response.Data}
         if answer["code"] == 500:
             answer["details"] = {"type": "error"}  # a Go error value: its text is all
