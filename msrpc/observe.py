@@ -431,7 +431,8 @@ class ObservedProtocol(RpcProtocol):
         self.reply(rid, ser, code, data, msg, details)
 
     def note_refusal(self, rid: int, code: int) -> None:
-        """Why request ``rid`` is refused."""
+        """Why request ``rid`` is refused (a dialect refusing in its own framing, such as
+        ``msrpc.msgo.server``, notes it here too)."""
         call = self.observed.get(rid)
         if call is None:  # refused before its method was known
             call = self._open(rid, OTHER, OTHER, None, self._seconds(), 0, starts=False)
@@ -467,10 +468,18 @@ class ObservedProtocol(RpcProtocol):
 
     def _send_response(self, ser: int, rid: int, code: int, body: bytes) -> int:
         size = _send_response(self, ser, rid, code, body)
+        self._answered(rid, code, size)
+        return size
+
+    def send_response_frame(self, rid: int, code: int, frame: bytes) -> int:
+        size = RpcProtocol.send_response_frame(self, rid, code, frame)
+        self._answered(rid, code, size)
+        return size
+
+    def _answered(self, rid: int, code: int, size: int) -> None:
         call = self.observed.pop(rid, None)
         if call is not None:
             self._ended(rid, call, code, size)
-        return size
 
     def _ended(self, rid: int, call: Any, code: int | str, size: int) -> None:
         """Any call but a tallied success has its outcome."""
