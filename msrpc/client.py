@@ -112,8 +112,6 @@ class Call(Deferred):  # type: ignore[type-arg]
     endpoint: Optional[Endpoint] = None
     retry_timer: Optional[IDelayedCall] = None
     done = False
-    #: A ``TalliedCall``: ``succeeded`` counts the success in the method's tally.
-    tallied = False
 
     def succeeded(self, data: Any) -> None:
         self.done = True
@@ -122,14 +120,15 @@ class Call(Deferred):  # type: ignore[type-arg]
         endpoint = self.endpoint
         if endpoint.strikes or endpoint.closing:  # type: ignore[union-attr]
             client._endpoint_answered(endpoint)  # type: ignore[arg-type]
-        if self.tallied:  # counted here, not in a callback override: no extra frame
+        tallies = client._known_tallies
+        if tallies is not None:  # counted here, not in a callback override: no extra frame
             try:
-                tally = client._known_tallies[self.service][self.method]
+                tally = tallies[self.service][self.method]
             except KeyError:
                 tally = client._observer.tally(CLIENT, self.service, self.method)
-            durations = tally.durations
+            durations = tally.durations  # Tally.add, inline
             durations.append(client._seconds() + self.timeout - self.deadline)
-            if len(durations) >= tally.limit:
+            if len(durations) >= tally.fold_at:
                 tally.fold()
         self.callback(data)
 
@@ -149,9 +148,8 @@ class TalliedCall(Call):
     an append.  A client without such observers makes plain ``Call`` objects.
     """
 
-    tallied = True
-
     def errback(self, fail: Any = None) -> None:
+        """The call failed: its tally counts how, then the caller gets the failure."""
         client = self.client
         client._observer.tally(CLIENT, self.service, self.method).record(
             outcome_code(fail.value if isinstance(fail, Failure) else fail),
@@ -203,9 +201,10 @@ class ObservedCall(Call):
         self.code = code
         client = self.client
         self.duration = client._seconds() + self.timeout - self.deadline
-        tally = client._observer.tally(CLIENT, self.service, self.method)
-        if tally is not None:
-            tally.record(code, self.duration)
+        if code != 200:  # a success is counted by ``succeeded``
+            tally = client._observer.tally(CLIENT, self.service, self.method)
+            if tally is not None:
+                tally.record(code, self.duration)
         client._calls.call_finished(self)
 
 
@@ -318,10 +317,12 @@ class Client:
         observer = self._observer
         self._calls: Any = observer.calls if observer is not None else None
         self._outgoing = observer.outgoing if observer is not None else None
-        self._known_tallies: Any = observer.client_tallies if observer is not None else None
+        tallied = observer is not None and observer.tallies is not None
+        #: service → method → tally (``Observers.client_tallies``) when calls are counted.
+        self._known_tallies: Any = (observer.client_tallies if observer is not None and tallied
+                                    else None)
         self._call_class: type[Call] = (
-            ObservedCall if self._calls is not None else
-            TalliedCall if observer is not None and observer.tallies is not None else Call)
+            ObservedCall if self._calls is not None else TalliedCall if tallied else Call)
         self._events = client_events(self._observer)
         self._health = Health(reactor, self._resolver, ejection, self._events)
         self.stats: Counter[str] = Counter()

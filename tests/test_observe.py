@@ -294,9 +294,11 @@ class TallyTests(TestCase):
         net.flush()
         self.assertEqual([(c.side, c.code) for c in recorder.finished],
                          [(SERVER, 200), (CLIENT, 200)])
-        for side in (SERVER, CLIENT):
-            [(code, *_)] = tallies.tallies[(side, "svc", "add")].outcomes
-            self.assertEqual(code, 200)
+        server, client_side = (tallies.tallies[(side, "svc", "add")] for side in (SERVER, CLIENT))
+        [(code, *_)] = server.outcomes  # a per-call observer's server call: recorded
+        self.assertEqual((code, server.durations), (200, []))
+        # The client counts every success in ``Call.succeeded``, observed or not.
+        self.assertEqual((client_side.outcomes, client_side.durations), ([], [0.0]))
 
     def test_a_second_source_of_tallies_counts_too(self) -> None:
         net, first, second = MemoryNetwork(), Tallies(), Tallies()
