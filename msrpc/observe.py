@@ -15,7 +15,8 @@ itself; nothing here imports one.
   record each outcome into a ``Tally`` per method, a success for the price of a list
   append, and the observer folds them in batches.
 - ``ICallContext``: carries context in the request meta (trace context), told the meta
-  only.
+  only: a server with nothing else keeps its plain connections, and a client its plain
+  calls.
 - ``IClientObserver``: what the shared client does on its own (retries, ejections).
 - ``IRegistryObserver``: what registries report about themselves (errors, watch
   reconnects), through their ``events`` (``RegistryEvents``).
@@ -23,7 +24,6 @@ itself; nothing here imports one.
 
 from __future__ import annotations
 
-import contextvars
 from typing import Any, Callable, Iterable, Optional, Protocol as TypingProtocol, Sequence
 
 from twisted.internet.interfaces import IReactorTime
@@ -32,7 +32,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from msrpc.errors import EncodeError
 from msrpc.protocol import ProtocolSettings, RpcProtocol
-from msrpc.wire import HEADER_SIZE, REQUEST
+from msrpc.wire import HEADER_SIZE
 
 SERVER = "server"
 CLIENT = "client"
@@ -110,8 +110,10 @@ class ICallContext(Interface):
 
     def incoming(meta: Any) -> None:
         """Server: a request naming a served method arrived, with this ``meta`` (None
-        when it has none); called in the request's own copy of the context, just before
-        its handler runs, so context variables set here are what the handler sees."""
+        when it has none, anything a peer sent otherwise); called in the request's own
+        copy of the context before its handler runs, so context variables set here are
+        what the handler sees.  Called for every such request: it should cost little
+        when the meta carries nothing for it."""
 
 
 class Tally:
@@ -232,10 +234,14 @@ class Observers:
         self._contexts = [o for o in self.all if ICallContext.providedBy(o)]
         self._clients = [o for o in self.all if IClientObserver.providedBy(o)]
         self._registries = [o for o in self.all if IRegistryObserver.providedBy(o)]
+        #: Each request must run in its own copy of the context (``Dispatcher.observe``).
         self.contextual = bool(self._contexts) or any(
             getattr(o, "contextual", False) for o in self._calls)
         self.calls: Optional[ICallObserver] = (
             None if not self._calls else self._calls[0] if len(self._calls) == 1 else self)
+        #: Server connections must follow each call (``ObservedProtocol``): someone is
+        #: told of calls or counts them, not only carries context.
+        self.follows_calls = self.calls is not None or self.tallies is not None
         contexts = self._contexts
         self.incoming: Optional[Callable[[Any], None]] = (
             None if not contexts else contexts[0].incoming if len(contexts) == 1
@@ -373,7 +379,7 @@ class ObservedProtocol(RpcProtocol):
     # CPython's shared-key layout, and every ``self.x`` of the connection's hot path
     # gets slower (1 µs a call; see bench.instructions).
     __slots__ = ("observer", "_seconds", "_started", "_finished", "_tallies",
-                 "_known_tallies", "_incoming", "_tally_only", "observed", "_refused")
+                 "_known_tallies", "_tally_only", "observed", "_refused")
 
     def __init__(self, settings: ProtocolSettings, dispatcher: Any, sweeper: Any,
                  observer: Observers, clock: IReactorTime) -> None:
@@ -385,10 +391,8 @@ class ObservedProtocol(RpcProtocol):
         self._finished = calls.call_finished if calls is not None else None
         self._tallies = observer.tallies
         self._known_tallies = observer.server_tallies
-        self._incoming = observer.incoming
         #: Calls are only counted: each is a tuple (``call_identified``).
-        self._tally_only = (calls is None and self._tallies is not None and
-                            self._incoming is None)
+        self._tally_only = calls is None and self._tallies is not None
         #: request id → the call waiting for its response (a ``ServerCall``, or a tuple).
         self.observed: dict[int, Any] = {}
         #: Why requests kept as tuples were refused (rare, so not in the tuple).
@@ -404,8 +408,6 @@ class ObservedProtocol(RpcProtocol):
                 tally = self._tally(service, method)
             self.observed[rid] = (tally, started, HEADER_SIZE + size)
             return
-        if self._incoming is not None:
-            self._incoming(meta)
         self._open(rid, service, method, meta, started, HEADER_SIZE + size)
 
     def _tally(self, service: str, method: str) -> Optional[Tally]:
@@ -514,34 +516,16 @@ class ObservedProtocol(RpcProtocol):
             self._unanswered(rid)  # running calls whose caller hung up
 
 
-class ContextualProtocol(ObservedProtocol):
-    """
-    For observers that set context variables the handler must see (trace context): each
-    request is dispatched in a copy of the current context, so what they set is seen by
-    the handler (and by the coroutine it starts) and gone once the request is dispatched.
-    """
-
-    __slots__ = ()
-
-    def _frame_received(self, mtype: int, comp: int, ser: int, rid: int, body: bytes) -> None:
-        if mtype == REQUEST and self.dispatcher is not None:
-            contextvars.copy_context().run(self.dispatcher.request_received, self, rid, comp,
-                                           ser, body)
-        else:
-            RpcProtocol._frame_received(self, mtype, comp, ser, rid, body)
-
-
 def observed_protocol(settings: ProtocolSettings, dispatcher: Any, sweeper: Any,
                       observer: Observers, clock: IReactorTime) -> ObservedProtocol:
-    """The observed server connection ``observer`` needs."""
-    cls = ContextualProtocol if observer.contextual else ObservedProtocol
-    return cls(settings, dispatcher, sweeper, observer, clock)
+    """The observed server connection ``observer`` needs (it follows calls)."""
+    return ObservedProtocol(settings, dispatcher, sweeper, observer, clock)
 
 
 __all__ = [
     "ICallObserver", "ICallTallies", "ICallContext", "Tally", "IClientObserver",
     "IRegistryObserver", "CallInfo", "RegistryEvents",
     "Observers", "combine", "registry_events", "ServerCall", "ObservedProtocol",
-    "ContextualProtocol", "observed_protocol", "SERVER",
+    "observed_protocol", "SERVER",
     "CLIENT", "OTHER", "CANCELLED", "REFUSAL_REASONS",
 ]

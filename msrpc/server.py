@@ -10,6 +10,7 @@ import hmac
 import json
 import socket
 import types
+from contextvars import copy_context
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -135,8 +136,12 @@ class Dispatcher:
         self._max_per_connection = limits.max_in_flight_per_connection or float("inf")
         self.in_flight = 0
         self.draining = False
-        #: Whether the server's connections are observed (``msrpc.observe``).
+        #: Whether the server has observers (``msrpc.observe``; set by ``observe``): its
+        #: connections follow calls (``identifying``) or context is carried in
+        #: (``incoming``), or both.
         self.observing = False
+        self.identifying = False
+        self.incoming: Optional[Callable[[Any], None]] = None
         self._deadlines: Deadlines[_Running] = Deadlines(clock, self._expired)
         self._idle_waiters: list[Deferred[None]] = []
 
@@ -160,6 +165,29 @@ class Dispatcher:
         except KeyError:
             raise ValueError(f"no method {service}.{method}") from None
         entry.limiter = TokenBucket(rate, burst, self.clock.seconds())
+
+    def observe(self, observer: Optional[Observers]) -> None:
+        """Tell ``observer`` of the requests dispatched from now on (None: stop).  When
+        it sets context variables, each request runs in its own copy of the context."""
+        self.observing = observer is not None
+        self.identifying = observer is not None and observer.follows_calls
+        self.incoming = observer.incoming if observer is not None else None
+        if observer is not None and observer.contextual:
+            self.request_received = self._in_own_context  # type: ignore[method-assign]
+        else:
+            # Not ``__dict__.pop``: asking for ``__dict__`` makes CPython build one, and
+            # every ``self.x`` of the hot path then costs more (bench.instructions).
+            try:
+                del self.request_received
+            except AttributeError:
+                pass
+
+    def _in_own_context(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
+                        body: bytes) -> None:
+        """``request_received`` in a copy of the current context: what observers set in
+        it is seen by the handler (and the coroutine it starts), and gone afterwards."""
+        copy_context().run(type(self).request_received, self, protocol, rid, comp, ser,
+                           body)
 
     # ------------------------------------------------------------------ requests
 
@@ -212,7 +240,10 @@ class Dispatcher:
             return
         meta = request.get("meta")
         if self.observing:
-            protocol.call_identified(rid, service, name, meta, now, len(body))
+            if self.incoming is not None:
+                self.incoming(meta)  # trace context (msrpc.observe.ICallContext)
+            if self.identifying:
+                protocol.call_identified(rid, service, name, meta, now, len(body))
         remaining = meta.get("deadline") if meta.__class__ is dict else None
         # ``__class__ in`` is the cheap type test of the hot path; mypy cannot narrow it.
         if remaining is not None and not (remaining.__class__ in _NUMBERS
@@ -370,7 +401,7 @@ class Dispatcher:
         if running is not None and running.deferred is not None:
             self._finish(running)  # the client no longer waits: send nothing
             running.deferred.cancel()
-            if self.observing:
+            if self.identifying:
                 protocol.call_cancelled(rid)
 
     def connection_lost(self, protocol: RpcProtocol) -> None:
@@ -412,10 +443,10 @@ class RpcServerFactory(Factory):
     def observe(self, observer: Optional[Observers]) -> None:
         """Observe every call of connections made from now on (None: stop)."""
         self.observer = observer
-        self.dispatcher.observing = observer is not None
+        self.dispatcher.observe(observer)
 
     def _protocol(self) -> RpcProtocol:
-        if self.observer is None:
+        if self.observer is None or not self.observer.follows_calls:
             return RpcProtocol(self.settings, self.dispatcher, self.sweeper)
         return observed_protocol(self.settings, self.dispatcher, self.sweeper, self.observer,
                                  self.dispatcher.clock)

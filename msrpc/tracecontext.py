@@ -4,15 +4,15 @@ tracing library: a call made while a handler runs continues the trace of the cal
 handler is serving, so every hop of a request shares one trace id (for logs, and for
 tracers further down the line).
 
-``TraceContextPropagation`` is the observer that does it (``--trace w3c``).  On the
-server it reads the request's trace context into a context variable for the duration of
-the handler (each request runs in its own copy of the context, so nothing leaks between
-requests; ``async def`` handlers keep it across awaits).  On the client it writes the
-current one into the call's meta, unchanged: msrpc records no spans of its own, so the
-caller's span stays the parent of whatever the next service records.  A call made
-outside any trace starts one (new random ids, "sampled" flag off: nobody recorded it).
-With OpenTelemetry, use ``msrpc.tracing`` instead: it propagates the same headers and
-records spans.
+``TraceContextPropagation`` does it (``--trace w3c``), as an ``ICallContext``: it sees
+only the request meta, never a call.  On the server it reads the request's trace
+context into a context variable for the duration of the handler (each request runs in
+its own copy of the context, so nothing leaks between requests; ``async def`` handlers
+keep it across awaits).  On the client it writes the current one into the call's meta,
+unchanged: msrpc records no spans of its own, so the caller's span stays the parent of
+whatever the next service records.  A call made outside any trace starts one (new
+random ids, "sampled" flag off: nobody recorded it).  With OpenTelemetry, use
+``msrpc.tracing`` instead: it propagates the same headers and records spans.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 from zope.interface import implementer
 
-from msrpc.observe import SERVER, CallInfo, ICallObserver
+from msrpc.observe import ICallContext
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -34,7 +34,13 @@ TRACESTATE = "tracestate"
 MAX_TRACESTATE = 512
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_random_bytes = random.randbytes
+#: What a version-00 traceparent (55 ASCII characters, dashes where ``_TRACEPARENT``
+#: puts them, three in all) is made of: the common case, checked by deleting these
+#: bytes (in C, a table lookup per byte) instead of running the regex.
+_HEX_AND_DASHES = b"0123456789abcdef-"
+_new_tuple = tuple.__new__
+_random_bits = random.getrandbits
+_PARENT_BITS = (1 << 64) - 1
 _NO_TRACE = "0" * 32
 _NO_SPAN = "0" * 16
 
@@ -61,28 +67,38 @@ class TraceContext(NamedTuple):
     @classmethod
     def new(cls, sampled: bool = False) -> "TraceContext":
         """A new trace (random trace and parent ids)."""
-        ids = _random_bytes(24).hex()  # one draw: 16 bytes of trace id, 8 of parent id
-        while ids[:32] == _NO_TRACE or ids[32:] == _NO_SPAN:
-            ids = _random_bytes(24).hex()
-        return cls(f"00-{ids[:32]}-{ids[32:]}-{'01' if sampled else '00'}")
+        return _new_tuple(cls, (new_traceparent("01" if sampled else "00"), ""))
 
     @classmethod
     def parse(cls, traceparent: Any, tracestate: Any = None) -> Optional["TraceContext"]:
         """The context a peer sent, or None when its traceparent is missing or invalid
         (W3C: an invalid one is ignored, never passed on)."""
-        if not isinstance(traceparent, str) or len(traceparent) < 55:
+        if not isinstance(traceparent, str):
             return None
-        match = _TRACEPARENT.fullmatch(traceparent)
-        if match is None:
-            return None
-        version, trace_id, parent_id, _, rest = match.groups()
-        if version == "ff" or trace_id == _NO_TRACE or parent_id == _NO_SPAN:
-            return None
-        if version == "00" and rest:
-            return None  # version 00 has exactly four fields
+        if (len(traceparent) == 55 and traceparent[2] == "-" and traceparent[35] == "-"
+                and traceparent[52] == "-" and traceparent.count("-") == 3
+                and traceparent.isascii()
+                and not traceparent.encode().translate(None, _HEX_AND_DASHES)):
+            # Version 00's exact form (what every peer sends today): the fields are
+            # where the dashes say, lowercase hex; only the reserved values remain.
+            if (traceparent[:2] == "ff" or traceparent[3:35] == _NO_TRACE
+                    or traceparent[36:52] == _NO_SPAN):
+                return None
+        else:
+            match = _TRACEPARENT.fullmatch(traceparent)
+            if match is None:
+                return None
+            version, trace_id, parent_id, _, rest = match.groups()
+            if version == "ff" or trace_id == _NO_TRACE or parent_id == _NO_SPAN:
+                return None
+            if version == "00" and rest:
+                return None  # version 00 has exactly four fields
+            traceparent = traceparent[:55]
+        if tracestate is None:
+            return _new_tuple(cls, (traceparent, ""))
         if not isinstance(tracestate, str) or len(tracestate) > MAX_TRACESTATE:
             tracestate = ""
-        return cls(traceparent[:55], tracestate.strip())
+        return _new_tuple(cls, (traceparent, tracestate.strip()))
 
     def to_meta(self, meta: dict[str, Any]) -> None:
         meta[TRACEPARENT] = self.traceparent
@@ -90,13 +106,29 @@ class TraceContext(NamedTuple):
             meta[TRACESTATE] = self.tracestate
 
 
-_current: contextvars.ContextVar[Optional[TraceContext]] = contextvars.ContextVar(
+def new_traceparent(flags: str = "00") -> str:
+    """A ``traceparent`` starting a new trace (random trace and parent ids)."""
+    ids = _random_bits(192)  # one draw: 128 bits of trace id, 64 of parent id
+    while not ids >> 64 or not ids & _PARENT_BITS:  # all-zero ids are invalid
+        ids = _random_bits(192)
+    hexed = ids.to_bytes(24, "big").hex()
+    return f"00-{hexed[:32]}-{hexed[32:]}-{flags}"
+
+
+#: The current trace context; or, in a request's own context until something reads it,
+#: the request's meta (a dict), parsed on first use: a handler that makes no call and
+#: never asks costs no parsing.
+_current: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "msrpc_trace_context", default=None)
 
 
 def current() -> Optional[TraceContext]:
     """The trace context of the request being handled (or set with ``use``), if any."""
-    return _current.get()
+    context = _current.get()
+    if context.__class__ is dict:
+        context = TraceContext.parse(context.get(TRACEPARENT), context.get(TRACESTATE))
+        _current.set(context)  # in the request's context: parsed once
+    return context  # type: ignore[no-any-return]
 
 
 @contextmanager
@@ -110,34 +142,35 @@ def use(context: Optional[TraceContext]) -> Iterator[None]:
         _current.reset(token)
 
 
-@implementer(ICallObserver)
+@implementer(ICallContext)
 class TraceContextPropagation:
     """Carries W3C trace context from each request to the calls its handler makes."""
-
-    contextual = True
 
     def __init__(self, start_traces: bool = True) -> None:
         #: Whether a call made outside any trace starts a new one.
         self.start_traces = start_traces
 
-    def call_started(self, call: CallInfo) -> None:
-        meta = call.meta
-        if call.side == SERVER:
-            if meta.__class__ is dict:
-                _current.set(TraceContext.parse(meta.get(TRACEPARENT), meta.get(TRACESTATE)))
-            return
+    def incoming(self, meta: Any) -> None:
+        # In the request's own copy of the context.  The meta is kept as it is and
+        # parsed (validated) when first read (``current``); a request without trace
+        # context, served where none is current, costs a lookup.
+        if meta.__class__ is dict and TRACEPARENT in meta:
+            _current.set(meta)
+        elif _current.get() is not None:
+            _current.set(None)
+
+    def outgoing(self, meta: dict[str, Any]) -> None:
         if TRACEPARENT in meta:
             return  # the caller passed one explicitly (invoke(meta=...))
-        context = _current.get()
+        context = current()
         if context is None:
-            if not self.start_traces:
-                return
-            context = TraceContext.new()
-        context.to_meta(meta)
+            if self.start_traces:
+                meta[TRACEPARENT] = new_traceparent()
+            return
+        meta[TRACEPARENT] = context.traceparent
+        if context.tracestate:
+            meta[TRACESTATE] = context.tracestate
 
-    def call_finished(self, call: CallInfo) -> None:
-        pass
 
-
-__all__ = ["TraceContext", "TraceContextPropagation", "current", "use", "TRACEPARENT",
-           "TRACESTATE"]
+__all__ = ["TraceContext", "TraceContextPropagation", "current", "use", "new_traceparent",
+           "TRACEPARENT", "TRACESTATE"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 from twisted.internet import defer
@@ -15,7 +16,7 @@ from msrpc.client import ObservedCall, RetryPolicy, TalliedCall
 from msrpc.errors import RegistryUnavailable
 from msrpc.health import EjectionPolicy
 from msrpc.observe import (
-    CANCELLED, CLIENT, OTHER, SERVER, ContextualProtocol, ICallContext, ICallObserver,
+    CANCELLED, CLIENT, OTHER, SERVER, ICallContext, ICallObserver,
     ICallTallies, IClientObserver, IRegistryObserver, ObservedProtocol, Observers,
     RegistryEvents, Tally, combine,
 )
@@ -23,6 +24,10 @@ from msrpc.protocol import RpcProtocol
 from msrpc.registry.static import StaticRegistry
 from msrpc.server import Server
 from msrpc.testing import MemoryNetwork
+
+
+#: What the observers below set for the handler to see (``Service.current``).
+CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("current", default=None)
 
 
 @implementer(ICallObserver, IClientObserver, IRegistryObserver)
@@ -95,6 +100,18 @@ class Carrier:
 
     def incoming(self, meta: Any) -> None:
         self.seen.append(meta.get("hop"))
+        CURRENT.set(("hop", meta.get("hop")))
+
+
+class Contextual(Recorder):
+    """A call observer that sets a context variable for the handler."""
+
+    contextual = True
+
+    def call_started(self, call: Any) -> None:
+        super().call_started(call)
+        if call.side == SERVER:
+            CURRENT.set(call.method)
 
 
 class Service:
@@ -109,6 +126,9 @@ class Service:
 
     def unsendable(self) -> object:
         return object()  # no codec encodes it: the server answers 500
+
+    def current(self) -> Any:
+        return CURRENT.get()
 
 
 class ServerSideTests(TestCase):
@@ -168,12 +188,14 @@ class ServerSideTests(TestCase):
         self.net.flush()
         self.assertEqual([c.code for c in self.recorder.finished], [CANCELLED, CANCELLED])
 
-    def test_contextual_observers_get_contextual_connections(self) -> None:
-        contextual = Recorder()
-        contextual.contextual = True
+    def test_contextual_observers_set_context_for_that_request_only(self) -> None:
         net = MemoryNetwork()
-        server = net.server({"svc": Service(net)}, observers=[contextual])
-        self.assertIs(type(server.factory.buildProtocol(None)), ContextualProtocol)
+        server = net.server({"svc": Service(net)}, observers=[Contextual()])
+        self.assertIs(type(server.factory.buildProtocol(None)), ObservedProtocol)
+        d = net.client().call("svc", "current")
+        net.flush()
+        self.assertEqual(self.successResultOf(d), "current")
+        self.assertIsNone(CURRENT.get())  # the request's own copy of the context is gone
         self.assertIs(type(self.server.factory.buildProtocol(None)), ObservedProtocol)
 
 
@@ -318,12 +340,41 @@ class ContextTests(TestCase):
     def test_the_meta_a_client_adds_is_what_the_server_reads(self) -> None:
         net, carrier = MemoryNetwork(), Carrier()
         server = net.server({"svc": Service(net)}, observers=[carrier])
-        self.assertIs(type(server.factory.buildProtocol(None)), ContextualProtocol)
-        d = net.client(observers=[carrier]).call("svc", "add", 1, 2)
+        # Carrying context needs no call followed: plain connections, plain calls.
+        self.assertIs(type(server.factory.buildProtocol(None)), RpcProtocol)
+        self.assertFalse(server.dispatcher.identifying)
+        client = net.client(observers=[carrier])
+        d = client.call("svc", "add", 1, 2)
         self.assertNotIsInstance(d, (ObservedCall, TalliedCall))
         net.flush()
         self.assertEqual(self.successResultOf(d), 3)
         self.assertEqual(carrier.seen, [0])
+        d = client.call("svc", "current")
+        net.flush()
+        self.assertEqual(self.successResultOf(d), ("hop", 0))  # set in the request's context
+        self.assertIsNone(CURRENT.get())  # and only there
+
+    def test_context_is_carried_next_to_call_observers(self) -> None:
+        net, carrier, recorder = MemoryNetwork(), Carrier(), Recorder()
+        server = net.server({"svc": Service(net)}, observers=[carrier, recorder])
+        self.assertIs(type(server.factory.buildProtocol(None)), ObservedProtocol)
+        d = net.client(observers=[carrier]).call("svc", "current")
+        net.flush()
+        self.assertEqual(self.successResultOf(d), ("hop", 0))
+        self.assertEqual(recorder.started, [(SERVER, "svc", "current")])
+        self.assertEqual([c.code for c in recorder.finished], [200])
+        self.assertIsNone(CURRENT.get())
+
+    def test_a_server_observed_no_more_dispatches_plainly(self) -> None:
+        net, carrier = MemoryNetwork(), Carrier()
+        server = net.server({"svc": Service(net)}, observers=[carrier])
+        server.factory.observe(None)
+        self.assertFalse(server.dispatcher.observing)
+        self.assertNotIn("request_received", vars(server.dispatcher))
+        d = net.client(observers=[carrier]).call("svc", "current")
+        net.flush()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(carrier.seen, [])
 
 
 class CombiningTests(TestCase):

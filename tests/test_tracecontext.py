@@ -11,7 +11,7 @@ from zope.interface.verify import verifyObject
 
 from msrpc import tracecontext
 from msrpc.client import Client
-from msrpc.observe import ICallObserver
+from msrpc.observe import ICallContext
 from msrpc.testing import MemoryNetwork
 from msrpc.tracecontext import TraceContext, TraceContextPropagation
 
@@ -29,7 +29,10 @@ class ParseTests(TestCase):
     def test_invalid_traceparents_are_ignored(self) -> None:
         for bad in (None, 42, "", VALID.upper(), VALID[:-1], VALID + "-x",
                     "ff" + VALID[2:], "00-" + "0" * 32 + VALID[35:],
-                    VALID[:36] + "0" * 16 + VALID[52:], VALID.replace("-", "_")):
+                    VALID[:36] + "0" * 16 + VALID[52:], VALID.replace("-", "_"),
+                    VALID[:10] + "-" + VALID[11:], VALID[:10] + "g" + VALID[11:],
+                    VALID[:53] + "-" + VALID[54:], "00-" + VALID[3:35] + "--" + VALID[38:],
+                    VALID[:54] + "\u0661", VALID[:3] + " " * 32 + VALID[35:]):
             self.assertIsNone(TraceContext.parse(bad), repr(bad))
 
     def test_a_later_version_may_add_fields(self) -> None:
@@ -95,7 +98,7 @@ class PropagationTests(TestCase):
         return self.successResultOf(d)
 
     def test_the_observer_keeps_the_contract(self) -> None:
-        verifyObject(ICallObserver, TraceContextPropagation())
+        verifyObject(ICallContext, TraceContextPropagation())
 
     def test_two_hops_share_the_callers_trace(self) -> None:
         root = TraceContext.new(sampled=True)
