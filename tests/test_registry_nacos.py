@@ -44,6 +44,7 @@ class NacosTestCase(unittest.TestCase):
         self.net = Network({A: self.fake})
 
     def registry(self, servers: str = f"http://{A}", **kw: Any) -> NacosRegistry:
+        kw.setdefault("api", "v1")
         registry = NacosRegistry(MemoryReactor(), servers, clock=self.clock, http=self.net,
                                  **kw)
         return registry
@@ -70,7 +71,7 @@ class InterfaceTests(NacosTestCase):
         self.assertIs(backend_module("nacos"), nacos)
         names = [row[0] for row in nacos.OPTIONS]
         self.assertEqual(names, ["nacos", "nacos-namespace", "nacos-group", "nacos-cluster",
-                                 "nacos-user", "nacos-password-file", "nacos-ca", "nacos-cert",
+                                 "nacos-clusters", "nacos-api", "nacos-user", "nacos-password-file", "nacos-ca", "nacos-cert",
                                  "nacos-key", "nacos-timeout", "nacos-refresh",
                                  "nacos-push-port", "nacos-push-host", "nacos-push-refresh",
                                  "nacos-poll-budget", "nacos-ttl"])

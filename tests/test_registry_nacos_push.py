@@ -136,6 +136,7 @@ class RegistryPushTestCase(unittest.TestCase):
 
     def registry(self, **kw: Any) -> NacosRegistry:
         kw.setdefault("push_host", "127.0.0.1")
+        kw.setdefault("api", "v1")
         kw.setdefault("refresh", 1.0)
         kw.setdefault("push_refresh", 10.0)
         registry = NacosRegistry(self.reactor, f"http://{A}", clock=self.clock,
@@ -188,7 +189,7 @@ class SubscriptionTests(RegistryPushTestCase):
 
     def test_a_reactor_without_udp_polls_only(self) -> None:
         registry = NacosRegistry(MemoryReactor(), f"http://{A}", clock=self.clock,
-                                 http=self.net, push_host="127.0.0.1", refresh=1.0)
+                                 http=self.net, push_host="127.0.0.1", refresh=1.0, api="v1")
         self.successResultOf(registry.lookup("arith"))
         self.assertNotIn("udpPort", self.lists()[0].args)
         self.assertFalse(registry.push_working)
