@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, protocol, task, threads
 from twisted.python.failure import Failure
 
-from tests.servers import SERVERS_DIR, server_unavailable, wait_for
+from tests.servers import SERVERS_DIR, server_unavailable
 
 NACOS_VERSION = os.environ.get("MSRPC_NACOS_VERSION", "2.3.2")
 NACOS3_VERSION = "3.1.0"
@@ -101,6 +101,8 @@ JVM_FLAGS = [
 ]
 
 START_TIMEOUT = 240.0
+#: Starts tried when a port turns out taken.
+PORT_ATTEMPTS = 3
 STOP_TIMEOUT = 30.0
 
 #: Nacos honours these instance metadata keys (verified): beats every second, unhealthy after
@@ -134,17 +136,31 @@ def _port_free(port: int) -> bool:
     return True
 
 
+#: Every port this process gave a Nacos (with its companions): servers starting together
+#: must not pick each other's.
+_CHOSEN: set[int] = set()
+
+
+def _companions(port: int) -> set[int]:
+    return {port, port - 1000, port + 1000, port + 1001}
+
+
 def nacos_port() -> int:
     """A free HTTP port whose Raft (-1000) and gRPC (+1000, +1001) companions are free too."""
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((HOST, 0))
             port = s.getsockname()[1]
-        if not 2024 <= port <= 64000:
+        if not 2024 <= port <= 64000 or _companions(port) & _CHOSEN:
             continue
-        if all(_port_free(p) for p in (port, port - 1000, port + 1000, port + 1001)):
+        if all(_port_free(p) for p in _companions(port)):
+            _CHOSEN.update(_companions(port))
             return port
     raise RuntimeError("no free port with free port-1000, port+1000 and port+1001")
+
+
+class _PortTaken(RuntimeError):
+    """The server could not bind one of its ports: something took it since we chose it."""
 
 
 # --------------------------------------------------------------------------- plain HTTP
@@ -300,10 +316,33 @@ class NacosServer:
         return java
 
     def start(self) -> "defer.Deferred[NacosServer]":
-        """Spawn the server and wait until it answers (and, with auth, accepts a login)."""
+        """
+        Spawn the server and wait until it answers (and, with auth, accepts a login).  A
+        port taken since it was chosen (by the time a JVM binds it, 30 s later on a busy
+        machine) means new ports, or, once the server has run (clients know its URL),
+        another try on the same ones.
+        """
         require_nacos(self.version)
         if self.running:
             raise RuntimeError(f"Nacos on port {self.port} is already running")
+
+        async def start() -> NacosServer:
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                self._spawn()
+                try:
+                    return await self._wait_ready()
+                except _PortTaken:
+                    if attempt == PORT_ATTEMPTS:
+                        raise
+                if self.startup_seconds is None:
+                    self.port = nacos_port()
+                else:
+                    await task.deferLater(self.reactor, 1.0, lambda: None)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return defer.Deferred.fromCoroutine(start())
+
+    def _spawn(self) -> None:
         args = self.command()
         # No pipes: the child writes to the log file, so nothing of it lives in the reactor.
         with open(self.log_path, "ab") as log, open(os.devnull, "rb") as null:
@@ -317,7 +356,6 @@ class NacosServer:
         _LIVE.add(self)
         self._exit.ended.addBoth(self._ended)
         self.started_at = self.reactor.seconds()
-        return self._wait_ready()
 
     def _ended(self, result: Any) -> Any:
         self._pid = None
@@ -325,8 +363,6 @@ class NacosServer:
         return result
 
     async def _ready_check(self) -> bool:
-        if not self.running:
-            raise RuntimeError(f"Nacos exited during startup:\n{self.log_tail()}")
         path = "/v3/admin/core/state/readiness" if self.major >= 3 \
             else "/v1/console/health/readiness"
         result = await http("GET", self.api + path, timeout=2)
@@ -338,21 +374,30 @@ class NacosServer:
             return login.status == 200
         return True
 
-    def _wait_ready(self) -> "defer.Deferred[NacosServer]":
-        async def wait() -> NacosServer:
+    async def _wait_ready(self) -> "NacosServer":
+        """Poll until ready; fail at once if the process exits (a port taken: _PortTaken)."""
+        deadline = self.reactor.seconds() + START_TIMEOUT
+        last_error: Optional[BaseException] = None
+        while True:
+            if not self.running:
+                tail = self.log_tail()
+                error = _PortTaken if "Address already in use" in tail else RuntimeError
+                raise error(f"Nacos on port {self.port} exited during startup; log "
+                            f"({self.log_path}):\n{tail}")
             try:
-                await wait_for(self.reactor, lambda: defer.Deferred.fromCoroutine(
-                    self._ready_check()), START_TIMEOUT, f"Nacos on port {self.port}",
-                    interval=0.1)
-            except Exception as e:
+                if await self._ready_check():
+                    break
+            except Exception as e:  # still starting: refused, reset, 503...
+                last_error = e
+            if self.reactor.seconds() >= deadline:
                 await self.kill()
-                raise RuntimeError(f"{e}\n--- Nacos log ({self.log_path}):\n"
-                                   f"{self.log_tail()}") from e
-            assert self.started_at is not None
-            self.startup_seconds = self.reactor.seconds() - self.started_at
-            return self
-
-        return defer.Deferred.fromCoroutine(wait())
+                raise RuntimeError(f"Nacos on port {self.port} not ready after "
+                                   f"{START_TIMEOUT:.0f}s (last error: {last_error!r}); log "
+                                   f"({self.log_path}):\n{self.log_tail()}")
+            await task.deferLater(self.reactor, 0.1, lambda: None)
+        assert self.started_at is not None
+        self.startup_seconds = self.reactor.seconds() - self.started_at
+        return self
 
     async def _ensure_admin(self) -> None:
         """Nacos 2.4+ starts without an admin password: set ours (2.3 answers 404)."""
