@@ -534,26 +534,28 @@ def shared_nacos(reactor: Any, auth: bool = False, config: Optional[str] = None
                  ) -> "defer.Deferred[NacosServer]":
     """
     The process-wide server of a configuration (``config``, default 2.3.2 with or without
-    ``auth``), started on first use and killed at exit.  The first call also starts every
-    other configuration of the run, in parallel: the JVMs boot together instead of one per
-    test class.  Tests may restart it but must not stop it.
+    ``auth``), started on first use and killed at exit.  The first call starts every
+    configuration of the run, in parallel (the JVMs boot together instead of one per test
+    class), and waits for all of them: nothing of a start may outlive the test that caused
+    it (trial cancels what a test leaves behind).  Tests may restart a shared server but
+    must not stop it.
     """
     name = config or ("2.3.2-auth" if auth else "2.3.2")
     require_nacos(CONFIGS[name].version)
+    names = [name]
     if not _SHARED:
-        for other in wanted_configs():
-            if other != name and installed(CONFIGS[other].version):
-                _start_shared(reactor, other)
+        names += [other for other in wanted_configs()
+                  if other != name and installed(CONFIGS[other].version)]
     out: defer.Deferred[NacosServer] = defer.Deferred()
 
-    def relay(result: Any) -> Any:
+    def relay(results: list[tuple[bool, Any]]) -> None:
+        result = results[0][1]
         if isinstance(result, _StartFailed):
             out.errback(result.failure)
         else:
             out.callback(result)
-        return result
 
-    _start_shared(reactor, name).addCallback(relay)
+    defer.DeferredList([_start_shared(reactor, n) for n in names]).addCallback(relay)
     return out
 
 
