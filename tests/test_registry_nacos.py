@@ -355,6 +355,14 @@ class WatchTests(NacosTestCase):
         self.clock.pump([1.0] * 3)
         self.assertEqual(seen, [[9001]])
 
+    def test_a_watch_right_after_a_lookup_starts_from_its_list(self) -> None:
+        registry = self.registry(refresh=1)
+        self.register(registry, svc(9001))
+        self.successResultOf(registry.lookup("arith"))
+        lists = len(self.fake.seen("/v1/ns/instance/list"))
+        self.assertEqual(self.watch(registry), [[9001]])
+        self.assertEqual(len(self.fake.seen("/v1/ns/instance/list")), lists)
+
     def test_stopped_watch_polls_no_more(self) -> None:
         registry = self.registry(refresh=1)
         watch = registry.watch("arith", lambda _: None)
@@ -362,6 +370,18 @@ class WatchTests(NacosTestCase):
         before = len(self.fake.requests)
         self.clock.pump([1.0] * 3)
         self.assertEqual(len(self.fake.requests), before)
+
+
+class ConcurrencyTests(NacosTestCase):
+    def test_at_most_sixteen_requests_are_on_the_wire(self) -> None:
+        registry = self.registry(timeout=2.0)
+        self.net.hung.add(A)
+        lookups = [registry.lookup(f"s{i}") for i in range(40)]
+        self.assertEqual(len(self.net.tried), 16)
+        self.clock.advance(2.0)  # the first sixteen time out; the next sixteen go out
+        self.assertEqual(len(self.net.tried), 32)
+        for d in lookups:
+            d.addErrback(lambda f: None)
 
 
 class CloseTests(NacosTestCase):

@@ -54,7 +54,9 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from msrpc.errors import RegistryAuthError, RegistryError
-from msrpc.registry.http import Endpoints, TLSFiles, make_http_client, make_pool, with_timeout
+from msrpc.registry.http import (
+    Endpoints, TLSFiles, make_http_client, make_pool, request_slots, with_timeout,
+)
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import (
     IRegistration, IRegistry, IServiceCatalog, IWatch, WatchCallback,
@@ -64,6 +66,7 @@ from msrpc.registry.nacos_api import (
     probe_request,
 )
 from msrpc.registry.nacos_push import USER_AGENT, Push, PushListener
+from msrpc.registry.recent import RecentLookups
 from msrpc.registry.registration import Registration
 from msrpc.registry.shared_polls import SharedPolls
 
@@ -281,6 +284,8 @@ class NacosRegistry:
         #: "changes.pushed"/"changes.polled" (list changes found after a push / by a poll).
         self.stats: Counter[str] = Counter()
         self._in_flight: set[Deferred[Any]] = set()
+        self._slots = request_slots()
+        self._recent: RecentLookups[list[ServiceInstance]] = RecentLookups(self.clock)
         self.username = username or None
         self.__password = password
         self._token: Optional[str] = None
@@ -315,9 +320,17 @@ class NacosRegistry:
                ) -> "Deferred[list[ServiceInstance]]":
         """
         Healthy, enabled instances of ``service`` (in ``clusters`` only, if given).  On v1 a
-        lookup of the whole service also subscribes to its pushes, as a watch usually follows.
+        lookup of the whole service also subscribes to its pushes, as a watch usually follows
+        (and that watch starts from this lookup's list).
         """
-        return Deferred.fromCoroutine(self._lookup(service, clusters))
+        d = Deferred.fromCoroutine(self._lookup(service, clusters))
+        if not clusters:
+            d.addCallback(self._remember, service)
+        return d
+
+    def _remember(self, found: list[ServiceInstance], service: str) -> list[ServiceInstance]:
+        self._recent.remember(service, found)
+        return found
 
     def services(self) -> "Deferred[list[str]]":
         """
@@ -327,7 +340,8 @@ class NacosRegistry:
         return Deferred.fromCoroutine(self._services())
 
     def watch(self, service: str, callback: WatchCallback) -> IWatch:
-        return self._polls.watch(service, callback)
+        """Shared, budgeted polls (and pushes on v1), from a lookup just made if any."""
+        return self._polls.watch(service, callback, self._recent.take(service))
 
     def close(self) -> "Deferred[None]":
         return Deferred.fromCoroutine(self._close())
@@ -485,6 +499,7 @@ class NacosRegistry:
     async def _close(self) -> None:
         self._polls.stop()
         self._suspects.clear()
+        self._recent.clear()
         registrations, self._registrations = self._registrations, []
         for _, beater in registrations:
             beater.stop()
@@ -562,7 +577,8 @@ class NacosRegistry:
                 raise _NotServing(f"HTTP {response.code}: {nacos_message(body)[:200]}")
             return response.code, body
 
-        d = with_timeout(Deferred.fromCoroutine(send()), self.timeout, self.clock)
+        d = self._slots.run(lambda: with_timeout(Deferred.fromCoroutine(send()), self.timeout,
+                                                 self.clock))
         self._in_flight.add(d)
         return d.addBoth(self._landed, d)
 
