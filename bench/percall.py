@@ -4,6 +4,7 @@ CPU per call of each side, without a network: where msrpc spends more than the b
     python -m bench.percall                # batches of 64 calls, then 1 call per read
     python -m bench.percall --batch 64 --calls 100000 --repeat 6
     python -m bench.percall --payload 64k,1m --batch 1   # payload echoes, read 64 KiB a time
+    python -m bench.percall --observe metrics --observe w3c --cpu-clock  # observers' cost
 
 The loopback benchmark (``bench.run``) says *whether* msrpc keeps up; this says *which
 side* costs what.  Each side's protocol is fed through a ``StringTransport``: the client
@@ -17,10 +18,11 @@ Twisted's TCP transport reads them, so large frames arrive in pieces.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import struct
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import msgpack
 from twisted.internet import defer
@@ -33,6 +35,7 @@ from bench.workload import parse_size, request, size_label
 from msrpc import wire
 from msrpc.client import Client
 from msrpc.codec import MsgpackCodec
+from msrpc.observe import combine
 from msrpc.protocol import ProtocolSettings
 from msrpc.registry.static import StaticRegistry
 from msrpc.server import Dispatcher, RpcServerFactory, ServerLimits
@@ -117,7 +120,7 @@ def _check(condition: bool, problem: str) -> None:
         raise RuntimeError(problem)
 
 
-def msrpc_client(batch: int, rounds: int) -> float:
+def msrpc_client(batch: int, rounds: int, observers: Sequence[Any] = ()) -> float:
     held: dict[str, Any] = {}
 
     def connector(host: str, port: int, protocol: Any) -> "defer.Deferred[Any]":
@@ -126,7 +129,7 @@ def msrpc_client(batch: int, rounds: int) -> float:
         return defer.succeed(protocol)
 
     client = Client(Clock(), StaticRegistry({"echo": ["127.0.0.1:1"]}), timeout=30.0,
-                    connector=connector)
+                    connector=connector, observers=observers)
     echo = client.proxy("echo").echo
     echo(VALUE)  # resolves and connects; never answered, harmless
     protocol, transport = held["protocol"], held["transport"]
@@ -159,12 +162,13 @@ def baseline_server(batch: int, rounds: int) -> float:
     return elapsed
 
 
-def msrpc_server(batch: int, rounds: int) -> float:
+def msrpc_server(batch: int, rounds: int, observers: Sequence[Any] = ()) -> float:
     clock = Clock()
     clock.advance(time.time())
     dispatcher = Dispatcher(clock, ServerLimits(rate=50_000_000, burst=1_000_000))
     dispatcher.add_service("echo", _Echo())
     factory = RpcServerFactory(dispatcher, ProtocolSettings(), Sweeper(clock, SERVER_KEEPALIVE))
+    factory.observe(combine(observers))
     protocol, transport = factory.buildProtocol(None), StringTransport()
     protocol.makeConnection(transport)
     body = CODEC.encode({"service": "echo", "method": "echo", "args": [VALUE],
@@ -180,6 +184,22 @@ def msrpc_server(batch: int, rounds: int) -> float:
 
 
 SIDES = [("client", baseline_client, msrpc_client), ("server", baseline_server, msrpc_server)]
+
+
+def _metrics() -> list[Any]:
+    from msrpc.metrics import Metrics
+
+    return [Metrics()]
+
+
+def _w3c() -> list[Any]:
+    from msrpc.tracecontext import TraceContextPropagation
+
+    return [TraceContextPropagation()]
+
+
+#: ``--observe NAME``: msrpc again with these observers on (both sides).
+OBSERVERS: dict[str, Callable[[], list[Any]]] = {"metrics": _metrics, "w3c": _w3c}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,11 +218,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu-clock", action="store_true",
                         help="time with this thread's CPU clock instead of the wall clock "
                         "(steadier on a busy machine; each reading costs a system call)")
+    parser.add_argument("--observe", action="append", choices=sorted(OBSERVERS), default=[],
+                        help="also measure msrpc with these observers on, both sides "
+                        "(repeatable): metrics (msrpc.metrics), w3c (msrpc.tracecontext)")
     args = parser.parse_args(argv)
     clock = time.thread_time if args.cpu_clock else time.perf_counter
     sizes = [parse_size(v) for v in args.payload.split(",")] if args.payload else [0]
     print(f"{'payload':>12}  {'side':6}  {'batch':>5}  {'baseline':>10}  {'msrpc':>10}  "
-          f"{'extra':>10}  ratio" + ("  MB/s of CPU (baseline, msrpc)" if args.payload else ""))
+          f"{'extra':>10}  ratio"
+          + "".join(f"  {'+' + name:>10}  vs msrpc" for name in args.observe)
+          + ("  MB/s of CPU (baseline, msrpc)" if args.payload else ""))
     for size in sizes:
         workload.configure(size, args.kind)
         VALUE = request(1)
@@ -211,15 +236,19 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batch or ([1, 16] if size else [64, 1]):
             rounds = max(1, calls // batch)
             for side, baseline, ours in SIDES:
-                best = [float("inf"), float("inf")]
+                measures = [baseline, ours] + [
+                    functools.partial(ours, observers=OBSERVERS[name]())
+                    for name in args.observe]
+                best = [float("inf")] * len(measures)
                 for _ in range(args.repeat):
-                    for slot, measure in enumerate((baseline, ours)):
+                    for slot, measure in enumerate(measures):
                         gc.collect()
                         best[slot] = min(best[slot],
                                          measure(batch, rounds) / (batch * rounds))
-                base_ns, ours_ns = best[0] * 1e9, best[1] * 1e9
+                base_ns, ours_ns, *observed = [b * 1e9 for b in best]
                 line = (f"{label:>12}  {side:6}  {batch:5}  {_ns(base_ns)}  {_ns(ours_ns)}  "
-                        f"{_ns(ours_ns - base_ns, '+')}  {ours_ns / base_ns:.2f}")
+                        f"{_ns(ours_ns - base_ns, '+')}  {ours_ns / base_ns:.2f}"
+                        + "".join(f"  {_ns(ns)}  {ns / ours_ns:8.2f}" for ns in observed))
                 if size:
                     line += f"  {size / base_ns * 1e3:,.0f}, {size / ours_ns * 1e3:,.0f}"
                 print(line)

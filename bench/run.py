@@ -212,6 +212,29 @@ def _pick_cpus(pin: bool) -> tuple[int | None, int | None]:
     return cpus[0], cpus[1]
 
 
+def variant_of(system: str, systems: list[str]) -> str | None:
+    """
+    The system ``system`` is a variant of, if it runs too: ``msrpc`` for
+    ``msrpc_metrics`` (the same code with a feature switched on).
+    """
+    base, sep, _ = system.rpartition("_")
+    while sep:
+        if base in systems:
+            return base
+        base, sep, _ = base.rpartition("_")
+    return None
+
+
+def _paired_ratio(mine: list[dict[str, Any]], other: dict[int, dict[str, Any]]) -> float | None:
+    """The median over rounds of mine(round r) / other(round r)."""
+    ratios = [
+        r["calls_per_s"] / other[r["round"]]["calls_per_s"]
+        for r in mine
+        if r["round"] in other and other[r["round"]]["calls_per_s"] > 0
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
 def summarize(
     runs: list[dict[str, Any]], systems: list[str], cases: list[Case],
     baseline: str | None,
@@ -219,26 +242,22 @@ def summarize(
     """
     Per (system, case): the median round, the spread, and the ratio
     to the baseline (the median of the per-round ratios: each system's round
-    r divided by the baseline's round r, measured close together in time).
+    r divided by the baseline's round r, measured close together in time);
+    for a variant (``msrpc_metrics``) also the ratio to the system it varies.
     """
     rows = []
     for case in cases:
-        base = {r["round"]: r for r in runs
-                if r["system"] == baseline and case_of(r) == case}
+        by_system: dict[str, dict[int, dict[str, Any]]] = {}
+        for r in runs:
+            if case_of(r) == case:
+                by_system.setdefault(r["system"], {})[r["round"]] = r
         for s in systems:
-            mine = sorted(
-                (r for r in runs if r["system"] == s and case_of(r) == case),
-                key=lambda r: r["calls_per_s"],
-            )
+            mine = sorted(by_system.get(s, {}).values(), key=lambda r: r["calls_per_s"])
             if not mine:
                 continue
             rates = [r["calls_per_s"] for r in mine]
             median = mine[(len(mine) - 1) // 2]  # lower median: a real round
-            ratios = [
-                r["calls_per_s"] / base[r["round"]]["calls_per_s"]
-                for r in mine
-                if r["round"] in base and base[r["round"]]["calls_per_s"] > 0
-            ]
+            plain = variant_of(s, systems)
             rows.append({
                 "system": s,
                 "concurrency": case.concurrency,
@@ -256,7 +275,10 @@ def summarize(
                 "max_calls_per_s": rates[-1],
                 "spread_pct": 100.0 * (rates[-1] - rates[0]) / median["calls_per_s"]
                 if median["calls_per_s"] else float("nan"),
-                "ratio": statistics.median(ratios) if ratios else None,
+                "ratio": _paired_ratio(mine, by_system.get(baseline or "", {})),
+                "variant_of": plain,
+                "variant_ratio": _paired_ratio(mine, by_system.get(plain, {}))
+                if plain else None,
                 "errors": sum(r["errors"] for r in mine),
             })  # fmt: skip
     return rows
@@ -281,6 +303,9 @@ def table(rows: list[dict[str, Any]], baseline: str | None) -> str:
                 "p50", "p99", "srv ms/MB", "cli ms/MB", ratio]  # fmt: skip
     else:
         head = ["system", "conc", "calls/s", "spread (min..max)", "p50", "p99", ratio]
+    variants = any(r.get("variant_of") for r in rows)
+    if variants:
+        head.append("vs plain")
     body = []
     for r in rows:
         spread = f"±{r['spread_pct'] / 2:.0f}%"
@@ -301,6 +326,9 @@ def table(rows: list[dict[str, Any]], baseline: str | None) -> str:
                 _us(r["p50_us"]), _us(r["p99_us"]),
             ]  # fmt: skip
         row.append(f"{r['ratio']:.2f}" if r["ratio"] is not None else "-")
+        if variants:
+            variant = r.get("variant_ratio")
+            row.append(f"{variant:.2f}" if variant is not None else "-")
         body.append(row + ([f"ERRORS {r['errors']}"] if r["errors"] else []))
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
     left = {0, 1, 2} if payloads else {0}

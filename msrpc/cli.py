@@ -6,6 +6,8 @@ options as ``twistd msrpc``, so no address is ever typed.
     msrpc call echo.echo '{"a": [1, 2]}' --registry etcd --etcd http://127.0.0.1:2379
     msrpc ls arith
     msrpc bench echo.echo '{"a": 1}' --concurrency 64 --duration 5
+    msrpc health arith                  → one line per instance: SERVING, NOT_SERVING...
+    msrpc watch arith echo              → instance changes with timestamps, until Ctrl-C
 
 Options go anywhere on the line (``msrpc.cmdline``).  Each subcommand is one row of
 ``COMMANDS``: to add one, write its options class (an ``InterspersedOptions``; add
@@ -46,6 +48,16 @@ def parse_arg(text: str) -> Any:
         return text
 
 
+#: What any command that calls servers needs: wire format, token, TLS.
+CLIENT_PARAMETERS: list[list[Any]] = [
+    ["serializer", None, "msgpack", "Wire serializer: msgpack or json."],
+    ["token-file", None, None, "File holding the auth token to send (or set MSRPC_TOKEN)."],
+    ["tls-ca", None, None, "Call over TLS, verifying servers against this CA (PEM)."],
+    ["tls-cert", None, None, "Client certificate (PEM) for servers that require one."],
+    ["tls-key", None, None, "Key of the client certificate (PEM)."],
+]
+
+
 class CallOptions(InterspersedOptions):
     synopsis = "Usage: msrpc call SERVICE.METHOD [ARG ...] [options]\n" \
                "Each ARG is JSON, or else a plain string; an ARG starting with '-' goes " \
@@ -53,15 +65,9 @@ class CallOptions(InterspersedOptions):
     optParameters = [
         ["timeout", "t", 10.0, "Seconds to wait for the answer.", float],
         ["kwargs", "k", None, "Keyword arguments as a JSON object."],
-        ["serializer", None, "msgpack", "Wire serializer: msgpack or json."],
         ["output", "o", "json", "How results print: json (readable JSON), tagged (the "
                                 "JSON serializer's lossless form) or python (repr)."],
-        ["token-file", None, None, "File holding the auth token to send "
-                                   "(or set MSRPC_TOKEN)."],
-        ["tls-ca", None, None, "Call over TLS, verifying servers against this CA (PEM)."],
-        ["tls-cert", None, None, "Client certificate (PEM) for servers that require one."],
-        ["tls-key", None, None, "Key of the client certificate (PEM)."],
-    ] + registry_parameters()
+    ] + CLIENT_PARAMETERS + registry_parameters()
 
     def parseArgs(self, target: str, *args: str) -> None:  # type: ignore[override]
         service, sep, method = target.rpartition(".")
@@ -118,6 +124,43 @@ class LsOptions(InterspersedOptions):
         check_registry_options(self)
 
 
+class HealthOptions(InterspersedOptions):
+    synopsis = "Usage: msrpc health SERVICE [options]\n" \
+               "Asks every instance of SERVICE (msrpc.health.check); exit 0 only if all " \
+               "serve."
+    optParameters = [
+        ["timeout", "t", 5.0, "Seconds each instance has to answer.", float],
+    ] + CLIENT_PARAMETERS + registry_parameters()
+
+    def parseArgs(self, service: str) -> None:  # type: ignore[override]
+        self["service"] = service
+
+    def postOptions(self) -> None:
+        check_registry_options(self)
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be > 0")
+
+
+class WatchOptions(InterspersedOptions):
+    synopsis = "Usage: msrpc watch SERVICE [SERVICE ...] [options]\n" \
+               "Prints the instances (added), then every change, with UTC timestamps, " \
+               "until interrupted."
+    optParameters = [
+        ["duration", "d", 0.0, "Stop after this many seconds (0: until interrupted).",
+         float],
+    ] + registry_parameters()
+
+    def parseArgs(self, *services: str) -> None:
+        if not services:
+            raise usage.UsageError("name the services to watch")
+        self["services"] = list(services)
+
+    def postOptions(self) -> None:
+        check_registry_options(self)
+        if self["duration"] < 0:
+            raise usage.UsageError("--duration must be >= 0")
+
+
 def client_settings(options: usage.Options) -> ProtocolSettings:
     """What the command's client speaks.  Its codecs keep types this process never
     registered (the services' classes) as inert ``UnknownObject`` values, so it can show
@@ -126,19 +169,28 @@ def client_settings(options: usage.Options) -> ProtocolSettings:
                             serializer=SERIALIZERS[options["serializer"]])
 
 
+def make_client(reactor: Any, registry: Any, options: usage.Options,
+                **extra: Any) -> Client:
+    """The client the options describe (a UsageError for unreadable token or TLS files)."""
+    try:
+        return Client(reactor, registry, timeout=options["timeout"],
+                      settings=client_settings(options),
+                      token=client_token(options["token-file"]),
+                      tls=TLSFiles(options["tls-ca"], options["tls-cert"], options["tls-key"]),
+                      **extra)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
 async def with_client(reactor: Any, options: usage.Options,
                       use: Callable[[Client], Awaitable[None]]) -> None:
     """Build the registry and client the options describe, use them, close them."""
     registry = make_registry(reactor, options)
     try:
-        client = Client(reactor, registry, timeout=options["timeout"],
-                        settings=client_settings(options),
-                        token=client_token(options["token-file"]),
-                        tls=TLSFiles(options["tls-ca"], options["tls-cert"],
-                                     options["tls-key"]))
-    except ValueError as e:  # unreadable token or TLS files
+        client = make_client(reactor, registry, options)
+    except usage.UsageError:
         await registry.close()
-        raise usage.UsageError(str(e)) from None
+        raise
     try:
         await use(client)
     finally:
@@ -192,6 +244,58 @@ async def run_ls(reactor: Any, options: usage.Options, out: Any) -> None:
         await registry.close()
 
 
+async def run_health(reactor: Any, options: usage.Options, out: Any) -> int:
+    from msrpc.client import RetryPolicy
+    from msrpc.healthcheck import check_instances
+
+    service = options["service"]
+    registry = make_registry(reactor, options)
+    try:
+        make_client(reactor, registry, options)  # bad token or TLS files: a usage error now
+        instances = await registry.lookup(service)
+        if not instances:
+            out.write(f"{service}\t(no live instances)\n")
+            return 1
+        answers = await check_instances(
+            reactor, instances,
+            lambda static: make_client(reactor, static, options,
+                                       retry=RetryPolicy(max_attempts=1)),
+            options["timeout"])
+        for answer in answers:
+            out.write(answer.line() + "\n")
+        return 0 if all(a.serving for a in answers) else 1
+    finally:
+        await registry.close()
+
+
+async def run_watch(reactor: Any, options: usage.Options, out: Any) -> None:
+    from msrpc.watching import watch_services
+
+    registry = make_registry(reactor, options)
+    until: defer.Deferred[None] = defer.Deferred()
+    closed: defer.Deferred[None] = defer.Deferred()
+
+    def stop() -> None:
+        if not until.called:
+            until.callback(None)
+
+    def interrupted() -> "defer.Deferred[None]":
+        stop()
+        return closed  # Ctrl-C stops the reactor: let the registry close first
+
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", interrupted)
+    timer = reactor.callLater(options["duration"], stop) if options["duration"] else None
+    try:
+        await watch_services(reactor, registry, options["services"], out, until)
+    finally:
+        if timer is not None and timer.active():
+            timer.cancel()
+        await registry.close()
+        closed.callback(None)
+        if reactor.running:
+            reactor.removeSystemEventTrigger(trigger)
+
+
 Runner = Callable[[Any, usage.Options, Any], Awaitable[Optional[int]]]
 
 
@@ -212,6 +316,10 @@ COMMANDS: dict[str, Command] = {command.name: command for command in [
             "List the live instances of services (all, if the registry can list them)."),
     Command("bench", BenchOptions, run_bench,
             "Load a live service: calls/s and latency percentiles as its callers see them."),
+    Command("health", HealthOptions, run_health,
+            "Ask every instance of a service whether it serves (msrpc.health)."),
+    Command("watch", WatchOptions, run_watch,
+            "Print the instance changes of services as they happen, until interrupted."),
 ]}
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -25,6 +25,7 @@ from msrpc.balance import Balancer, make_balancer
 from msrpc.codec import SERIALIZERS, make_codecs
 from msrpc.deadline import Deadlines
 from msrpc.health import EjectionPolicy, Health
+from msrpc.observe import CANCELLED, CLIENT, client_events, combine
 from msrpc.errors import (
     CallTimeout, ConnectionLost, EncodeError, MsrpcError, NoInstances, Unavailable,
 )
@@ -120,6 +121,61 @@ class Call(Deferred):  # type: ignore[type-arg]
     __hash__ = object.__hash__
 
 
+class ObservedCall(Call):
+    """
+    A call of an observed client (``msrpc.observe.CallInfo``): observers hear of it once
+    before it is sent (and may add to its meta) and once with its outcome.  A client
+    without observers makes plain ``Call`` objects and pays nothing for this.
+    """
+
+    side = CLIENT
+    code: int | str = 200
+    duration = 0.0
+    bytes_in = 0
+    bytes_out = 0
+    refused = ""
+    span: Any = None
+
+    def __init__(self, client: "Client", service: str, method: str, args: Any,
+                 kwargs: Any, meta: dict[str, Any], deadline: float) -> None:
+        Call.__init__(self, client, service, method, args, kwargs, meta, deadline)
+        client._observer.call_started(self)  # type: ignore[union-attr]  # set if observed
+
+    @property
+    def started(self) -> float:
+        return self.deadline - self.timeout  # the deadline is the start plus the timeout
+
+    @property
+    def peer(self) -> str:
+        """The instance the (last) attempt went to."""
+        return self.endpoint.address if self.endpoint is not None else ""
+
+    def callback(self, result: Any) -> None:
+        """The call succeeded: observers hear it, then the caller gets the result."""
+        self._ended(200)
+        Deferred.callback(self, result)
+
+    def errback(self, fail: Any = None) -> None:
+        """The call failed: observers hear how, then the caller gets the failure."""
+        self._ended(outcome_code(fail.value if isinstance(fail, Failure) else fail))
+        Deferred.errback(self, fail)
+
+    def _ended(self, code: int | str) -> None:
+        self.code = code
+        client = self.client
+        self.duration = client._seconds() + self.timeout - self.deadline
+        client._observer.call_finished(self)  # type: ignore[union-attr]
+
+
+def outcome_code(error: Any) -> int | str:
+    """How a failed call is labelled: its wire code, else its class name (client-side
+    failures such as ``ConnectError``), or ``cancelled``."""
+    if isinstance(error, defer.CancelledError):
+        return CANCELLED
+    code = getattr(error, "code", None)
+    return code if isinstance(code, int) else type(error).__name__
+
+
 class Proxy:
     """``client.proxy("arith").add(1, 2)``: attribute access makes remote methods."""
 
@@ -172,7 +228,8 @@ class Client:
                  keepalive: KeepaliveSettings = CLIENT_KEEPALIVE,
                  pool: PoolSettings = PoolSettings(),
                  settings: Optional[ProtocolSettings] = None,
-                 ejection: EjectionPolicy = EjectionPolicy()) -> None:
+                 ejection: EjectionPolicy = EjectionPolicy(),
+                 observers: Sequence[Any] = ()) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.reactor = reactor
@@ -204,7 +261,11 @@ class Client:
         self._views = self._resolver.views
         self._timeout_ms = int(timeout * 1000)
         self._deadlines: Deadlines[Call] = Deadlines(reactor, self._expired)
-        self._health = Health(reactor, self._resolver, ejection)
+        #: Metrics, tracing... (``msrpc.observe``); None when there are none.
+        self._observer = combine(observers)
+        self._call_class = Call if self._observer is None else ObservedCall
+        self._events = client_events(self._observer)
+        self._health = Health(reactor, self._resolver, ejection, self._events)
         self.stats: Counter[str] = Counter()
         self.closed = False
 
@@ -251,8 +312,9 @@ class Client:
         if meta:
             call_meta.update(meta)
         deadline = self._seconds() + timeout
-        call = Call(self, service, method, args if args.__class__ is list else list(args),
-                    kwargs, call_meta, deadline)
+        call = self._call_class(self, service, method,
+                                args if args.__class__ is list else list(args), kwargs,
+                                call_meta, deadline)
         call.timeout = timeout
         if key is not None:
             call.key = key
@@ -286,6 +348,11 @@ class Client:
             return call
         call.protocol = protocol
         return call
+
+    def views(self) -> list[ServiceView]:
+        """What the client knows of each service it resolved (instances, members with
+        their connection and ejection state), for admin pages and metrics."""
+        return list(self._views.values())
 
     def close(self) -> "Deferred[None]":
         """Stop watching, close every connection (pending calls fail with ConnectionLost)."""
@@ -368,6 +435,8 @@ class Client:
                         call.tried = set()
                     call.tried.add(endpoint)
                 self.stats["retries"] += 1
+                if self._events is not None:
+                    self._events.call_retried(call.service, call.method, error)
                 call.retry_timer = self.reactor.callLater(delay, self._retry, call)
                 return
         self._finish_error(call, error)
@@ -438,4 +507,4 @@ class Client:
             self.stats["cancelled"] += 1
 
 
-__all__ = ["Client", "Proxy", "RetryPolicy", "Call", "EjectionPolicy"]
+__all__ = ["Client", "Proxy", "RetryPolicy", "Call", "ObservedCall", "EjectionPolicy"]

@@ -21,6 +21,8 @@ from typing import Mapping, Optional, Sequence
 
 from twisted.python import usage
 
+from msrpc import version_text
+
 _NUMBER = re.compile(r"-(\d|\.\d)")
 
 
@@ -122,3 +124,7 @@ class InterspersedOptions(usage.Options):
         raise HelpRequested(str(self))
 
     opt_h = opt_help
+
+    def opt_version(self) -> None:
+        """Print msrpc's version and exit (usage.Options would print Twisted's)."""
+        raise HelpRequested(version_text())

@@ -7,10 +7,12 @@ it is out again, for longer).  The last callable instance of a service is never 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+
+from msrpc.observe import IClientObserver
 
 if TYPE_CHECKING:
     from msrpc.pool import Endpoint
@@ -30,11 +32,12 @@ class EjectionPolicy:
 class Health:
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, resolver: "Resolver", policy: EjectionPolicy
-                 ) -> None:
+    def __init__(self, clock: IReactorTime, resolver: "Resolver", policy: EjectionPolicy,
+                 observer: Optional[IClientObserver] = None) -> None:
         self.clock = clock
         self.resolver = resolver
         self.policy = policy
+        self.observer = observer
         self._timers: dict["Endpoint", IDelayedCall] = {}
 
     def success(self, endpoint: "Endpoint") -> None:
@@ -71,6 +74,8 @@ class Health:
                       error=getattr(error, "message", None) or error.__class__.__name__)
         for view in views:
             view.refresh()
+            if self.observer is not None:
+                self.observer.instance_ejected(view.service, endpoint.address, duration)
         old = self._timers.pop(endpoint, None)
         if old is not None and old.active():
             old.cancel()

@@ -94,7 +94,7 @@ class Overflow:
 
     def request_received(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
                          body: bytes) -> None:
-        protocol.reply(rid, ser, 503, msg="server has too many connections")
+        protocol.refuse(rid, ser, 503, msg="server has too many connections")
         if protocol not in self._answered:
             # Close on the timer's next run, after the replies of this read are written.
             self._answered.add(protocol)

@@ -286,18 +286,21 @@ class RpcProtocol(Protocol):
     #: A body was written apart from its header since the last batched read.
     _apart = False
 
-    def _send(self, mtype: int, ser: int, rid: int, data: bytes) -> None:
+    def _send_response(self, ser: int, rid: int, code: int, data: bytes) -> int:
+        """Write the response to ``rid`` (``code`` is in ``data``; observed connections
+        read it here); returns the frame's size."""
         comp = _NONE
         size = len(data)
         if self._compression != _NONE and size >= self._threshold:
             comp = self._compression
             data = compress.compress(comp, data)
             size = len(data)
-        header = _pack_header(MAGIC, VERSION, HEADER_SIZE + size, mtype, comp, ser, rid)
+        header = _pack_header(MAGIC, VERSION, HEADER_SIZE + size, RESPONSE, comp, ser, rid)
         if size < WRITE_APART:
             self._write(header + data)
         else:
             self._write_apart(header, data)
+        return HEADER_SIZE + size
 
     def _write_apart(self, header: bytes, body: bytes) -> None:
         """A large body is written as it is, after its header (no copy here)."""
@@ -354,7 +357,7 @@ class RpcProtocol(Protocol):
         except EncodeError:
             self.reply(rid, ser, 200, data)
             return
-        self._send(RESPONSE, ser, rid, body)
+        self._send_response(ser, rid, 200, body)
 
     def reply(self, rid: int, ser: int, code: int, data: Any = None, msg: str = "",
               details: Any = None) -> None:
@@ -370,9 +373,23 @@ class RpcProtocol(Protocol):
         try:
             body = codec.encode(payload)
         except EncodeError as e:
-            body = codec.encode({"code": 500, "msg": f"result could not be encoded: {e}",
+            code = 500
+            body = codec.encode({"code": code, "msg": f"result could not be encoded: {e}",
                                  "data": None, "details": {"type": "EncodeError"}})
-        self._send(RESPONSE, ser, rid, body)
+        self._send_response(ser, rid, code, body)
+
+    #: A reply to a request that was not run (limits, auth, undecodable, unknown method):
+    #: the same as ``reply``; observed server connections count these as refusals.
+    refuse = reply
+
+    def call_identified(self, rid: int, service: str, method: str, meta: Any,
+                        started: float, size: int) -> None:
+        """The dispatcher found the method request ``rid`` names (told only when the
+        server is observed; ``msrpc.observe.ObservedProtocol`` records it)."""
+
+    def call_cancelled(self, rid: int) -> None:
+        """The caller cancelled request ``rid``: no response will be written (told only
+        when the server is observed)."""
 
 
 def _not_connected(data: bytes) -> None:

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from msrpc.balance import Balancer, Member
 from msrpc.errors import NoInstances
+from msrpc.observe import registry_events
 from msrpc.pool import Endpoint, Pool
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import IRegistry, IWatch
@@ -172,6 +173,9 @@ class Resolver:
     def _lookup_failed(self, failure: Failure, view: ServiceView) -> None:
         # No cache yet: this call fails with the registry's error; the next one retries.
         self._pending.pop(view.service, None)
+        events = registry_events(self.registry)
+        if events is not None:
+            events.error("lookup", failure.value)
         self.log.warn("lookup of {service} in {registry} failed: {error}",
                       service=view.service, registry=view.registry_name,
                       error=failure.getErrorMessage())

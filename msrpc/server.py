@@ -11,7 +11,7 @@ import json
 import socket
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import msgpack
 from twisted.application.service import Service
@@ -26,9 +26,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from msrpc import compress
+from msrpc.aio import coroutine_runner
 from msrpc.deadline import Deadlines
 from msrpc.errors import DecodeError, RegistryAuthError, RegistryError, RpcError
+from msrpc.healthcheck import HEALTH_SERVICE, HealthService
 from msrpc.limits import TokenBucket
+from msrpc.observe import ICallObserver, combine, observed_protocol, registry_events
 from msrpc.overflow import Overflow
 from msrpc.protocol import ProtocolSettings, RpcProtocol
 from msrpc.registry.instance import IDEMPOTENT_KEY, ServiceInstance
@@ -127,6 +130,8 @@ class Dispatcher:
         self._max_per_connection = limits.max_in_flight_per_connection or float("inf")
         self.in_flight = 0
         self.draining = False
+        #: Whether the server's connections are observed (``msrpc.observe``).
+        self.observing = False
         self._deadlines: Deadlines[_Running] = Deadlines(clock, self._expired)
         self._idle_waiters: list[Deferred[None]] = []
 
@@ -157,18 +162,18 @@ class Dispatcher:
                          body: bytes) -> None:
         # The hot path: every check is a local compare until something is wrong.
         if self.draining:
-            protocol.reply(rid, ser, 503, msg="server is shutting down")
+            protocol.refuse(rid, ser, 503, msg="server is shutting down")
             return
         now = self._seconds()
         if self.limiter is not None and not self.limiter.try_acquire(now):
-            protocol.reply(rid, ser, 700, msg="rate limited")
+            protocol.refuse(rid, ser, 700, msg="rate limited")
             return
         if (self.in_flight >= self._max_in_flight or
                 len(protocol.server_calls) >= self._max_per_connection):
-            protocol.reply(rid, ser, 503, msg="server overloaded: too many calls in flight")
+            protocol.refuse(rid, ser, 503, msg="server overloaded: too many calls in flight")
             return
         if self.tokens and not self._token_ok(protocol, comp, ser, body):
-            protocol.reply(rid, ser, 401, msg="missing or wrong auth token")
+            protocol.refuse(rid, ser, 401, msg="missing or wrong auth token")
             return
         request: Any  # a map from the peer: every field is checked below
         try:
@@ -181,42 +186,44 @@ class Dispatcher:
             name = request["method"]
             method = self.methods.get((service, name))
         except DecodeError as e:
-            protocol.reply(rid, ser, 400, msg=f"undecodable request: {e}")
+            protocol.refuse(rid, ser, 400, msg=f"undecodable request: {e}")
             return
         except KeyError as e:
             if e.args and e.args[0] == ser:
-                protocol.reply(rid, ser, 400, msg=f"unsupported serializer id {ser}")
+                protocol.refuse(rid, ser, 400, msg=f"unsupported serializer id {ser}")
             else:
-                protocol.reply(rid, ser, 400, msg="malformed request: needs service and "
-                                                  "method")
+                protocol.refuse(rid, ser, 400, msg="malformed request: needs service and "
+                                                   "method")
             return
         except (TypeError, AttributeError):
-            protocol.reply(rid, ser, 400, msg="malformed request: needs service and method")
+            protocol.refuse(rid, ser, 400, msg="malformed request: needs service and method")
             return
         if method is None:
-            protocol.reply(rid, ser, 404, msg=self._not_found(service, name))
+            protocol.refuse(rid, ser, 404, msg=self._not_found(service, name))
             return
         meta = request.get("meta")
+        if self.observing:
+            protocol.call_identified(rid, service, name, meta, now, len(body))
         remaining = meta.get("deadline") if meta.__class__ is dict else None
         # ``__class__ in`` is the cheap type test of the hot path; mypy cannot narrow it.
         if remaining is not None and not (remaining.__class__ in _NUMBERS
                                           and remaining > 0):  # type: ignore[operator]
-            protocol.reply(rid, ser, 408, msg="deadline exceeded before the call ran")
+            protocol.refuse(rid, ser, 408, msg="deadline exceeded before the call ran")
             return
         if method.limiter is not None and not method.limiter.try_acquire(now):
-            protocol.reply(rid, ser, 700, msg=f"rate limited: {service}.{name}")
+            protocol.refuse(rid, ser, 700, msg=f"rate limited: {service}.{name}")
             return
         args = request.get("args", _NO_ARGS)
         kwargs = request.get("kwargs")
         if args.__class__ is not list and not isinstance(args, (list, tuple)) or \
                 kwargs is not None and kwargs.__class__ is not dict:
-            protocol.reply(rid, ser, 400, msg="malformed request: args must be a list and "
-                                               "kwargs a map")
+            protocol.refuse(rid, ser, 400, msg="malformed request: args must be a list "
+                                                "and kwargs a map")
             return
         if method.checker is not None:
             problem = method.checker(args, kwargs or _NO_KWARGS)
             if problem is not None:
-                protocol.reply(rid, ser, 400, msg=f"{service}.{name}: {problem}")
+                protocol.refuse(rid, ser, 400, msg=f"{service}.{name}: {problem}")
                 return
         if method.blocking:
             self._run_on_thread(protocol, rid, ser, method, args, kwargs, now, remaining)
@@ -226,7 +233,7 @@ class Dispatcher:
         except TypeError as e:
             if e.__traceback__ is not None and e.__traceback__.tb_next is None:
                 # Raised by the call itself, not inside the handler: wrong arguments.
-                protocol.reply(rid, ser, 400, msg=f"{service}.{name}: {e}")
+                protocol.refuse(rid, ser, 400, msg=f"{service}.{name}: {e}")
             else:
                 self._handler_failed(protocol, rid, ser, method, Failure())
             return
@@ -342,6 +349,8 @@ class Dispatcher:
         if running is not None and running.deferred is not None:
             self._finish(running)  # the client no longer waits: send nothing
             running.deferred.cancel()
+            if self.observing:
+                protocol.call_cancelled(rid)
 
     def connection_lost(self, protocol: RpcProtocol) -> None:
         for running in list(protocol.server_calls.values()):
@@ -376,6 +385,19 @@ class RpcServerFactory(Factory):
         #: Connections over the limit; its ``listener`` is set once the port listens.
         self.overflow = Overflow(sweeper.clock, settings, self._limit)
         self._closed_waiters: list[Deferred[None]] = []
+        #: Set by ``observe``: connections are then observed (``ObservedProtocol``).
+        self.observer: Optional[ICallObserver] = None
+
+    def observe(self, observer: Optional[ICallObserver]) -> None:
+        """Observe every call of connections made from now on (None: stop)."""
+        self.observer = observer
+        self.dispatcher.observing = observer is not None
+
+    def _protocol(self) -> RpcProtocol:
+        if self.observer is None:
+            return RpcProtocol(self.settings, self.dispatcher, self.sweeper)
+        return observed_protocol(self.settings, self.dispatcher, self.sweeper, self.observer,
+                                 self.dispatcher.clock)
 
     def _lost(self, protocol: RpcProtocol) -> None:
         self.connections.discard(protocol)
@@ -400,7 +422,7 @@ class RpcServerFactory(Factory):
     def buildProtocol(self, addr: Any) -> Optional[RpcProtocol]:
         if self._limit and len(self.connections) >= self._limit:
             return self.overflow.accept(addr)
-        protocol = RpcProtocol(self.settings, self.dispatcher, self.sweeper)
+        protocol = self._protocol()
         protocol.factory = self
         protocol.on_lost = self._lost
         self.connections.add(protocol)
@@ -461,7 +483,8 @@ class Server(Service):
                  grace: float = 2.0, drain_timeout: float = 10.0,
                  check_types: bool = True, tls: Optional[TLSFiles] = None,
                  threads: ThreadSettings = ThreadSettings(),
-                 thread_pool: Optional[Pool] = None) -> None:
+                 thread_pool: Optional[Pool] = None,
+                 observers: Sequence[Any] = (), health: bool = True) -> None:
         self.reactor = reactor
         self.listen = listen
         self.registry = registry
@@ -479,22 +502,29 @@ class Server(Service):
         if self.tls is not None or tls_endpoint:
             self.metadata.setdefault("tls", "1")  # clients must not talk to us in clear
         self.dispatcher = Dispatcher(reactor, limits, tokens, blocking=threads.blocking)
-        from msrpc.aio import coroutine_runner
-
         self.dispatcher.run_coroutine = coroutine_runner(reactor)
         self.thread_settings = threads
         self._thread_pool = thread_pool
         self.settings = settings or ProtocolSettings()
         self.sweeper = Sweeper(reactor, keepalive)
         self.factory = RpcServerFactory(self.dispatcher, self.settings, self.sweeper)
+        #: Metrics, tracing, access log... (``msrpc.observe``); None when there are none.
+        self.observer = combine(observers)
+        self.factory.observe(self.observer)
         self.port: Optional[IListeningPort] = None
         self.registrations: list[IRegistration] = []
         #: Fires with the listening address once listening and registered.
         self.ready: Deferred[Any] = Deferred()
         self._starting: Optional[Deferred[Any]] = None
+        self._stopping: Optional[Deferred[None]] = None
         self._register_wait: Optional[Deferred[None]] = None
         self._stop_wait: Optional[Deferred[Any]] = None
         self.hurried = False
+        #: ``msrpc.health`` (``msrpc.healthcheck``): served, never registered.
+        self.health: Optional[HealthService] = None
+        if health:
+            self.health = HealthService(reactor, self._serving, self._served)
+            self.dispatcher.add_service(HEALTH_SERVICE, self.health, check_types)
         for name, obj in (services or {}).items():
             self.add_service(name, obj)
 
@@ -519,7 +549,40 @@ class Server(Service):
                                 weight=self.weight,
                                 metadata=published_metadata(self.dispatcher, name,
                                                             self.metadata))
-                for name in self.dispatcher.services]
+                for name in self._served()]
+
+    def _served(self) -> list[str]:
+        """The services this server publishes (all but its own health service)."""
+        return [name for name in self.dispatcher.services if name != HEALTH_SERVICE]
+
+    def _serving(self) -> bool:
+        return bool(self.running) and not self.dispatcher.draining
+
+    def readiness(self) -> list[str]:
+        """Why the server should get no new traffic now; empty when it should.  It is
+        ready once it listens and is registered, and no longer from the moment a stop
+        begins (before it deregisters), so a readiness probe takes it out first."""
+        if not self.running:
+            return ["draining"] if self.port is not None else ["not started"]
+        if self.port is None:
+            return ["not listening"]
+        if self.registry is not None and not self.ready.called:
+            return ["not registered"]
+        return []
+
+    def when_stopped(self) -> "Deferred[None]":
+        """Fires once a stop in progress has finished (at once when none is)."""
+        stopping = self._stopping
+        if stopping is None or stopping.called:
+            return defer.succeed(None)
+        done: Deferred[None] = Deferred()
+
+        def fire(result: Any) -> Any:
+            done.callback(None)
+            return result
+
+        stopping.addBoth(fire)
+        return done
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -533,6 +596,8 @@ class Server(Service):
             self.dispatcher.threads = threads
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self.ready.callback, self._start_failed)
+        if self.health is not None:
+            self.health.changed()
 
     def _start_failed(self, failure: Failure) -> None:
         self.log.failure("msrpc server failed to start on {listen}", failure,
@@ -549,7 +614,7 @@ class Server(Service):
         self.factory.overflow.listener = self.port  # paused while the overflow is full
         address = self.port.getHost()
         self.log.info("msrpc serving {services} on {address}",
-                      services=", ".join(sorted(self.dispatcher.services)), address=address)
+                      services=", ".join(sorted(self._served())), address=address)
         if self.registry is not None:
             instances = self.instances()
             if not instances:
@@ -572,6 +637,9 @@ class Server(Service):
             except RegistryAuthError:
                 raise
             except RegistryError as e:
+                events = registry_events(registry)
+                if events is not None:
+                    events.error("register", e)
                 if not self.running:
                     return
                 self.log.warn("registering {service} in {registry} failed, retrying in "
@@ -592,7 +660,10 @@ class Server(Service):
 
     def stopService(self) -> "Deferred[None]":
         Service.stopService(self)
-        return Deferred.fromCoroutine(self._stop())
+        if self.health is not None:
+            self.health.changed()  # NOT_SERVING from now on: watchers hear it at once
+        self._stopping = Deferred.fromCoroutine(self._stop())
+        return self._stopping
 
     async def _stop(self) -> None:
         if self._register_wait is not None:
@@ -606,6 +677,9 @@ class Server(Service):
             try:
                 await self._unless_hurried(registration.deregister())
             except Exception as e:
+                events = registry_events(self.registry)
+                if events is not None:
+                    events.error("deregister", e)
                 self.log.warn("deregistering {service} failed: {error}",
                               service=registration.instance.service, error=e)
         if registrations and self.grace > 0 and not self.hurried:
@@ -613,6 +687,8 @@ class Server(Service):
         if self.port is not None:
             await defer.maybeDeferred(self.port.stopListening)
         self.dispatcher.draining = True
+        if self.health is not None:
+            self.health.stop()  # long-polling watchers must not hold the drain up
         if self.dispatcher.in_flight and not self.hurried:
             idle = self.dispatcher.when_idle()
             idle.addTimeout(self.drain_timeout, self.reactor)

@@ -9,12 +9,14 @@ With no ``--service`` the built-in demo services (echo, arith) are served.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
 from twisted.application.service import IService, Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import usage
 
@@ -40,12 +42,19 @@ from msrpc.workers import (
 
 
 def load_object(spec: str) -> Any:
-    """``package.module:attribute`` → the attribute (a class or a factory)."""
+    """
+    ``package.module:attribute`` → the attribute (a class or a factory).
+
+    A module that is nowhere on ``sys.path`` is looked for in the current directory too,
+    as ``python -m`` would (twistd, unlike ``python -m``, does not put it on the path), so
+    ``--service inventory=inventory:Inventory`` finds ``./inventory.py``.  The directory
+    goes at the end of the path: it never shadows an installed module.
+    """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise usage.UsageError(f"expected module:object, got {spec!r}")
     try:
-        target: Any = importlib.import_module(module_name)
+        target: Any = _import_here_too(module_name)
     except ImportError as e:
         raise usage.UsageError(f"cannot import {module_name!r}: {e}") from None
     for part in attribute.split("."):
@@ -54,6 +63,18 @@ def load_object(spec: str) -> Any:
         except AttributeError:
             raise usage.UsageError(f"{module_name!r} has no attribute {attribute!r}") from None
     return target
+
+
+def _import_here_too(module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        here = os.getcwd()
+        top_level = module_name.partition(".")[0]
+        if e.name != top_level or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
 
 
 def instantiate(factory: Any, **available: Any) -> Any:
@@ -127,11 +148,25 @@ class ServerOptions(usage.Options):
         ["call-tls-key", None, None, "Key of --call-tls-cert (PEM)."],
         ["workers", None, 1, "Server processes sharing the port, supervised and published "
                              "as one instance (0: one per CPU).", int],
+        ["admin", None, None, "Serve /metrics, /healthz, /readyz and /instances over HTTP "
+                              "on this endpoint, e.g. tcp:9465:interface=127.0.0.1 (never "
+                              "expose it publicly)."],
+        ["trace", None, "off", "Trace context: off, w3c (carry traceparent from each "
+                               "request to the calls its handler makes) or otel "
+                               "(OpenTelemetry spans; needs msrpc[otel])."],
+        ["otlp-endpoint", None, None, "Export spans over OTLP/HTTP to this collector URL, "
+                                      "e.g. http://127.0.0.1:4318 (implies --trace otel; "
+                                      "needs msrpc[otlp])."],
+        ["otel-service-name", None, "msrpc", "service.name of the exported spans."],
     ] + registry_parameters()
 
     optFlags = [
         ["blocking", None, "Run every plain (non-async) handler on the handler threads, "
                            "unless it says @expose(blocking=False)."],
+        ["no-metrics", None, "No Prometheus metrics, even with --admin and "
+                             "prometheus_client installed."],
+        ["access-log", None, "Log one structured event per call (service, method, code, "
+                             "duration, peer, bytes)."],
     ]
 
     def __init__(self) -> None:
@@ -215,6 +250,17 @@ class ServerOptions(usage.Options):
             compress.parse_name(self["compression"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["admin"] and self["workers"] != 1:
+            raise usage.UsageError(
+                "--admin serves one process; with --workers each worker would bind it "
+                "(scrape per worker, or run without --workers behind a load balancer)")
+        if self["otlp-endpoint"]:
+            self["trace"] = "otel"
+        if self["trace"] not in TRACE_MODES:
+            raise usage.UsageError(f"--trace must be one of {', '.join(TRACE_MODES)}")
+        for extra, module in required_extras(self):
+            if importlib.util.find_spec(module) is None:
+                raise usage.UsageError(f"{extra} needs {module}: pip install 'msrpc[{extra}]'")
 
     def _refuse_contradictions(self) -> None:
         """Options that cannot all hold: refuse to start rather than run broken."""
@@ -269,6 +315,25 @@ class ServerOptions(usage.Options):
 
 Options = ServerOptions
 
+TRACE_MODES = ("off", "w3c", "otel")
+
+
+def required_extras(options: usage.Options) -> list[tuple[str, str]]:
+    """(extra, module) pairs the options cannot work without."""
+    needed = []
+    if options["trace"] == "otel":
+        needed.append(("otel", "opentelemetry.trace"))
+    if options["otlp-endpoint"]:
+        needed.append(("otlp", "opentelemetry.exporter.otlp.proto.http"))
+    return needed
+
+
+def metrics_wanted(options: usage.Options) -> bool:
+    """Metrics are on with --admin (unless --no-metrics) when prometheus_client is
+    installed; without it /metrics says how to get it, and nothing is imported."""
+    return bool(options["admin"]) and not options["no-metrics"] and \
+        importlib.util.find_spec("prometheus_client") is not None
+
 
 class Closing(Service):
     """A service whose only job is to run ``close()`` when the application stops."""
@@ -280,6 +345,53 @@ class Closing(Service):
     def stopService(self) -> Deferred[Any]:
         Service.stopService(self)
         return maybeDeferred(self._close)
+
+
+class Observers:
+    """What ``--admin``, ``--trace`` and ``--access-log`` install on server and client."""
+
+    def __init__(self, reactor: Any, options: usage.Options) -> None:
+        self.metrics: Any = None
+        self.server: list[Any] = []
+        self.client: list[Any] = []
+        self.tracer_provider: Any = None
+        if metrics_wanted(options):
+            from msrpc.metrics import Metrics
+
+            self.metrics = Metrics.process_wide()
+            self.server.append(self.metrics)
+            self.client.append(self.metrics)
+        if options["trace"] == "w3c":
+            from msrpc.tracecontext import TraceContextPropagation
+
+            propagation = TraceContextPropagation()
+            self.server.append(propagation)
+            self.client.append(propagation)
+        elif options["trace"] == "otel":
+            from msrpc.tracing import OpenTelemetryTracing, otlp_tracer_provider
+
+            if options["otlp-endpoint"]:
+                from opentelemetry import trace
+
+                self.tracer_provider = otlp_tracer_provider(options["otlp-endpoint"],
+                                                            options["otel-service-name"])
+                trace.set_tracer_provider(self.tracer_provider)
+            tracing = OpenTelemetryTracing(self.tracer_provider)
+            self.server.append(tracing)
+            self.client.append(tracing)
+        if options["access-log"]:
+            from msrpc.accesslog import AccessLog
+
+            self.server.append(AccessLog())
+
+    def flush(self, reactor: Any) -> "Deferred[Any]":
+        """Export the spans still buffered (in a thread: the exporter blocks)."""
+        from twisted.internet import threads
+
+        if self.tracer_provider is None:
+            return defer.succeed(None)
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(),
+                                         self.tracer_provider.shutdown)
 
 
 def protocol_settings(options: usage.Options) -> ProtocolSettings:
@@ -311,7 +423,6 @@ def makeService(options: usage.Options, reactor: Any = None) -> IService:
 def make_supervisor(options: usage.Options, reactor: Any) -> IService:
     """``--workers N``: this process starts, supervises and publishes N server processes
     (``msrpc.workers``); it serves nothing itself."""
-    top = SequentialMultiService()
     registry = make_registry(reactor, options)
     pool = WorkerPool(reactor, ListenAddress.parse(options["listen"]),
                       worker_command(options.argv,  # type: ignore[attr-defined]
@@ -321,30 +432,22 @@ def make_supervisor(options: usage.Options, reactor: Any) -> IService:
                       reuse_port=reuse_port_spreads())
     supervisor = Supervisor(reactor, pool, registry=registry, grace=options["grace"],
                             drain_timeout=options["drain-timeout"])
-    Closing("registry", registry.close).setServiceParent(top)
-    supervisor.setName("server")
-    supervisor.setServiceParent(top)
-    signals = SecondSignal(reactor, supervisor.hurry)
-    signals.setName("signals")
-    signals.setServiceParent(top)
-    supervisor.ready.addErrback(_stop_reactor, reactor)
-    top.registry = registry  # type: ignore[attr-defined]
-    top.server = supervisor  # type: ignore[attr-defined]
-    return top
+    return _process_tree(reactor, registry, supervisor)
 
 
 def make_server(options: usage.Options, reactor: Any,
                 worker: Optional[dict[str, Any]] = None) -> IService:
     """One server process; with ``worker`` (from its supervisor), one of several: it
     serves on the supervisor's address and reports there instead of registering."""
-    top = SequentialMultiService()
     registry = make_registry(reactor, options)
+    observers = Observers(reactor, options)
     client = Client(reactor, registry, timeout=options["timeout"], token=options["call-token"],
                     balancer=options["balancers"] or "weighted_random",
                     idempotent=options["idempotent"],
                     retry=RetryPolicy(max_attempts=options["retries"] + 1),
                     tls=TLSFiles(options["call-tls-ca"], options["call-tls-cert"],
-                                 options["call-tls-key"]))
+                                 options["call-tls-key"]),
+                    observers=observers.client)
     rate = options["rate"] or (0.0, None)
     limits = ServerLimits(max_in_flight=options["max-in-flight"],
                           max_in_flight_per_connection=options["max-in-flight-per-connection"],
@@ -364,7 +467,8 @@ def make_server(options: usage.Options, reactor: Any,
                                  options["tls-key"]),
                     threads=ThreadSettings(size=options["threads"],
                                            queue=options["thread-queue"],
-                                           blocking=bool(options["blocking"])))
+                                           blocking=bool(options["blocking"])),
+                    observers=observers.server)
     services = options["services"]
     if not services:
         from msrpc.demo import default_services
@@ -379,21 +483,50 @@ def make_server(options: usage.Options, reactor: Any,
             server.dispatcher.limit_method(service, method, rate_value, burst)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-    # Stopped one after the other, in reverse order: the server deregisters and drains
-    # first, then the shared client closes, then the registry (its own close deregisters
-    # anything left).  A second SIGTERM/SIGINT meanwhile cuts the drain short.
+    if observers.metrics is not None:
+        observers.metrics.watch_server(server)
+        observers.metrics.watch_client(client)
+    # Stopped after everything else: buffered spans are exported once the server drained,
+    # and the admin endpoint answers probes and scrapes through the whole drain.
+    last: list[IService] = []
+    admin = None
+    if options["admin"]:
+        from msrpc.admin import AdminService
+
+        admin = AdminService(reactor, options["admin"], server=server, client=client,
+                             metrics=observers.metrics)
+        admin.setName("admin")
+        last.append(admin)
+    last.append(Closing("spans", lambda: observers.flush(reactor)))
+    top = _process_tree(reactor, registry, server, client, last)
+    if admin is not None:
+        top.admin = admin  # type: ignore[attr-defined]
+    if worker is not None:
+        server.ready.addCallback(lambda _: report_ready(server))
+        ignore_interrupts(reactor)
+        stop_when_orphaned(reactor)
+    return top
+
+
+def _process_tree(reactor: Any, registry: Any, server: Server,
+                  client: Optional[Client] = None,
+                  stopped_last: Sequence[IService] = ()) -> IService:
+    """The process's services, stopped one after the other, in reverse order: the server
+    deregisters and drains first, then the shared client closes, then the registry (its
+    own close deregisters anything left), then ``stopped_last``.  A second SIGTERM/SIGINT
+    meanwhile cuts the drain short.  A server that cannot start stops the process."""
+    top = SequentialMultiService()
+    for service in stopped_last:
+        service.setServiceParent(top)
     Closing("registry", registry.close).setServiceParent(top)
-    Closing("client", client.close).setServiceParent(top)
+    if client is not None:
+        Closing("client", client.close).setServiceParent(top)
     server.setName("server")
     server.setServiceParent(top)
     signals = SecondSignal(reactor, server.hurry)
     signals.setName("signals")
     signals.setServiceParent(top)
     server.ready.addErrback(_stop_reactor, reactor)
-    if worker is not None:
-        server.ready.addCallback(lambda _: report_ready(server))
-        ignore_interrupts(reactor)
-        stop_when_orphaned(reactor)
     top.client = client  # type: ignore[attr-defined]
     top.registry = registry  # type: ignore[attr-defined]
     top.server = server  # type: ignore[attr-defined]

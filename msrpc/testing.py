@@ -15,7 +15,7 @@ sockets and time is a ``Clock``, so tests are fast and deterministic::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from msrpc.client import Client
+from msrpc.observe import combine
 from msrpc.protocol import RpcProtocol
 from msrpc.registry.instance import ServiceInstance, parse_address
 from msrpc.registry.static import StaticRegistry
@@ -95,6 +96,8 @@ class MemoryServer:
         self.port = port
         self.dispatcher = dispatcher
         self.factory = factory
+        #: Where its services are listed (the network's registry).
+        self.registry = network.registry
 
     @property
     def address(self) -> str:
@@ -129,7 +132,8 @@ class MemoryNetwork:
                settings: Optional[ProtocolSettings] = None,
                keepalive: KeepaliveSettings = SERVER_KEEPALIVE, weight: float = 10.0,
                register: bool = True, threads: ThreadSettings = ThreadSettings(),
-               thread_pool: Optional[ManualThreadPool] = None) -> MemoryServer:
+               thread_pool: Optional[ManualThreadPool] = None,
+               observers: Sequence[Any] = ()) -> MemoryServer:
         """Serve ``services`` at ``address`` (default: a new one) and list them in
         ``self.registry``.  Blocking handlers run on ``thread_pool`` (default: a
         ``ManualThreadPool`` that runs them at once)."""
@@ -146,6 +150,7 @@ class MemoryNetwork:
             dispatcher.add_service(name, obj)
         factory = RpcServerFactory(dispatcher, settings or ProtocolSettings(),
                                    Sweeper(self.clock, keepalive))
+        factory.observe(combine(observers))
         self.listen(host, port, factory)
         if register:
             for name in services:

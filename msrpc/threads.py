@@ -25,6 +25,8 @@ cannot keep the process from exiting.
 
 from __future__ import annotations
 
+import contextvars
+
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
@@ -140,9 +142,11 @@ class Threads:
             return None
         job = _Job()
         self.pending += 1
+        # The handler runs in a copy of the caller's context (contextvars): a trace
+        # context current while the request was dispatched is current on the thread too.
         self.pool.callInThreadWithCallback(
             lambda ok, result: self._call_from_thread(self._finished, job, ok, result),
-            job.run, fn, args, kwargs, label)
+            contextvars.copy_context().run, job.run, fn, args, kwargs, label)
         return job.deferred
 
     def _finished(self, job: _Job, ok: bool, result: Any) -> None:

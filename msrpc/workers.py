@@ -560,7 +560,8 @@ class Supervisor(Server):
     """
 
     def __init__(self, reactor: Any, pool: WorkerPool, **kwargs: Any) -> None:
-        super().__init__(reactor, _WorkersEndpoint(self), **kwargs)
+        # It answers no calls, so no msrpc.health either: each worker serves its own.
+        super().__init__(reactor, _WorkersEndpoint(self), health=False, **kwargs)
         self.pool = pool
 
     async def _start_workers(self) -> IListeningPort:
@@ -575,5 +576,7 @@ class Supervisor(Server):
         return list(self.pool.instances)
 
     def hurry(self) -> None:
+        if self.running or self.hurried:
+            return  # as Server.hurry: only a stop under way is hurried
         super().hurry()
         self.pool.hurry()

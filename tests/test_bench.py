@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from bench import workload
-from bench.run import Case, cpu_ms_per_mb, summarize
+from bench.run import Case, cpu_ms_per_mb, summarize, table, variant_of
 from bench.stats import Recorder, percentile
 from bench.systems.baseline import EchoClient
 
@@ -79,6 +79,22 @@ class SummarizeTests(TestCase):
         self.assertEqual(base["ratio"], 1.0)
         self.assertEqual((other["min_calls_per_s"], other["max_calls_per_s"]), (40.0, 60.0))
 
+
+    def test_variants_are_also_compared_with_the_system_they_vary(self) -> None:
+        runs = [
+            _run("base", 0, 100.0), _run("msrpc", 0, 80.0), _run("msrpc_metrics", 0, 76.0),
+            _run("base", 1, 100.0), _run("msrpc", 1, 50.0), _run("msrpc_metrics", 1, 50.0),
+        ]  # fmt: skip
+        rows = summarize(runs, ["base", "msrpc", "msrpc_metrics"], [Case(1)], "base")
+        plain, metrics = rows[1], rows[2]
+        self.assertEqual((plain["variant_of"], plain["variant_ratio"]), (None, None))
+        self.assertEqual(metrics["variant_of"], "msrpc")
+        self.assertAlmostEqual(metrics["variant_ratio"], 0.975)  # median of 0.95 and 1.0
+        self.assertIn("vs plain", table(rows, "base"))
+
+    def test_names_with_underscores_are_variants_only_of_systems_that_run(self) -> None:
+        self.assertIsNone(variant_of("grpc_aio", ["baseline", "grpc_aio"]))
+        self.assertEqual(variant_of("msrpc_metrics", ["msrpc", "msrpc_metrics"]), "msrpc")
 
 class PayloadSummaryTests(TestCase):
     def test_cases_are_summarized_apart_and_cpu_is_per_echoed_megabyte(self) -> None:
@@ -177,3 +193,28 @@ class ReactorChoiceTests(TestCase):
         self.assertEqual(parse_args(["--systems", "baseline,msrpc@asyncio"]).systems,
                          ["baseline", "msrpc@asyncio"])
         self.assertRaises(SystemExit, parse_args, ["--systems", "msrpc@nope"])
+
+
+class ScaleBenchTests(TestCase):
+    def test_descriptor_limit_is_raised_up_to_the_hard_limit_only(self) -> None:
+        import resource
+        from bench.connections import raise_descriptor_limit
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        self.assertEqual(raise_descriptor_limit(1), soft)  # never lowered
+        if hard != resource.RLIM_INFINITY:
+            self.assertEqual(raise_descriptor_limit(hard + 1000), hard)
+
+    def test_workers_rows_give_scaling_and_the_ratio_to_the_baseline(self) -> None:
+        from bench.workers import summarize as summarize_workers
+        runs = [{"system": s, "workers": n, "calls_per_s": rate, "server_cores": cores,
+                 "errors": 0}
+                for s, n, rate, cores in (("baseline", 1, 100.0, 1.0),
+                                          ("baseline", 2, 190.0, 2.0),
+                                          ("msrpc", 1, 80.0, 1.0),
+                                          ("msrpc", 2, 152.0, 1.9))]
+        rows = {(r["system"], r["workers"]): r
+                for r in summarize_workers(runs, ["baseline", "msrpc"], [1, 2])}
+        self.assertAlmostEqual(rows["msrpc", 2]["scaling"], 1.9)
+        self.assertAlmostEqual(rows["msrpc", 2]["vs_baseline"], 0.8)
+        self.assertAlmostEqual(rows["msrpc", 2]["calls_per_core_s"], 80.0)

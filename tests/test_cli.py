@@ -213,6 +213,15 @@ class CommandLineTests(CliCase):
         self.assertTrue(out.startswith(f"msrpc {__version__} (Twisted "), out)
 
     @defer.inlineCallbacks
+    def test_version_after_a_command_is_msrpcs_own_too(self):  # type: ignore[no-untyped-def]
+        # Options go anywhere, --version too: never Twisted's "Twisted version: ...".
+        for argv in (("call", "arith.add", "1", "2", "--version"), ("ls", "--version"),
+                     ("bench", "echo.echo", "--version")):
+            code, out, _ = yield self.msrpc(*argv)
+            self.assertEqual(code, 0, argv)
+            self.assertTrue(out.startswith(f"msrpc {__version__} (Twisted "), (argv, out))
+
+    @defer.inlineCallbacks
     def test_help_prints_usage_and_exits_0(self):  # type: ignore[no-untyped-def]
         code, out, _ = yield self.msrpc("--help")
         self.assertEqual(code, 0)

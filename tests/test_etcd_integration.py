@@ -134,10 +134,16 @@ class RegistrationTestsMixin(EtcdTestMixin):
         server = await self.start()
         registry = self.registry(server.url)
         await registry.register(ARITH)
+        lease = registry._keepers[0].lease
         await server.kill()
         await server.restart(fresh=True)
-        self.assertEqual(await server.etcdctl("get", "--prefix", "/msrpc/"), "")
+        # etcd lost everything, our lease too.  (Not "the key is gone": the keepalive may
+        # already have put it back by the time etcdctl looks, on a busy machine.)
+        out = await server.etcdctl("lease", "timetolive", format(int(lease), "x"),
+                                   "--write-out=json")
+        self.assertEqual(json.loads(out)["ttl"], -1)
         await self.until_ports(registry, "arith", [9112], TTL * 3, "re-registration")
+        self.assertNotEqual(registry._keepers[0].lease, lease)  # granted anew
 
     @run
     async def test_registration_survives_etcd_crash_and_restart(self) -> None:

@@ -176,6 +176,33 @@ class PermissionTests(HubCase):
         self.assertEqual(create["key"], b64("/msrpc/services/"))
 
 
+class EventsTests(HubCase):
+    def test_a_broken_stream_is_one_error_and_a_reconnect_of_each_watch(self) -> None:
+        reported: list[tuple[str, ...]] = []
+
+        class Recorder:
+            def registry_error(self, backend: str, operation: str, error: Any) -> None:
+                reported.append(("error", backend, operation))
+
+            def watch_reconnected(self, backend: str, service: str) -> None:
+                reported.append(("reconnected", backend, service))
+
+        self.registry.events.subscribe(Recorder())
+        self.watch("a")
+        self.watch("b")
+        stream = self.fake.watches[-1]
+        stream.send(stream.line({"created": True}, 1))
+        stream.send(b'{"error":{"grpc_code":14,"http_code":503,"message":"EOF",'
+                    b'"http_status":"Service Unavailable"}}\n')
+        self.router.flush()
+        self.clock.advance(1.0)
+        self.router.flush()
+        self.fake.watches[-1].send(stream.line({"created": True}, 1))
+        self.router.flush()
+        self.assertEqual(reported, [("error", "etcd", "watch"), ("reconnected", "etcd", "a"),
+                                    ("reconnected", "etcd", "b")])
+
+
 class CloseTests(HubCase):
     def test_close_closes_the_stream_and_leaves_no_timer(self) -> None:
         for name in ("a", "b", "c"):

@@ -246,7 +246,7 @@ class _EchoBodies(_NoCalls):
 
     def request_received(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
                          body: bytes) -> None:
-        protocol._send(RESPONSE, ser, rid, body)
+        protocol._send_response(ser, rid, 200, body)
 
 
 class _NoDelayTransport(StringTransport):

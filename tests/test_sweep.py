@@ -109,6 +109,56 @@ class _NoCalls:
         pass
 
 
+class _TurnClock(Clock):
+    """A Clock on which ``callLater(0, ...)`` waits for the next turn (``turn()``), as on
+    a reactor, instead of running within the same ``advance``."""
+
+    TURN = 1e-6
+
+    def callLater(self, delay, f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return super().callLater(delay or self.TURN, f, *args, **kwargs)
+
+    def turn(self) -> None:
+        self.advance(self.TURN)
+
+
+class SlicedSweepTests(TestCase):
+    """Many connections are checked a slice at a time, the reactor served in between."""
+
+    def setUp(self) -> None:
+        self.clock = _TurnClock()
+        self.sweeper = Sweeper(self.clock, KeepaliveSettings(idle_timeout=20))
+        self.sweeper.slice = 2
+        self.connections = [connected(self.sweeper) for _ in range(5)]
+        self.transports = [transport for _, transport in self.connections]
+
+    def closed(self) -> int:
+        return sum(t.disconnecting for t in self.transports)
+
+    def test_each_slice_runs_in_its_own_turn_of_the_reactor(self) -> None:
+        self.clock.advance(20)
+        self.assertEqual(self.closed(), 2)
+        self.clock.turn()
+        self.assertEqual(self.closed(), 4)
+        self.clock.turn()
+        self.assertEqual(self.closed(), 5)
+
+    def test_connections_gone_during_a_cycle_are_skipped(self) -> None:
+        self.clock.advance(20)
+        protocol = self.connections[3][0]
+        protocol.connectionLost(None)  # went away between two slices
+        self.clock.turn()
+        self.assertFalse(self.transports[3].disconnecting)
+        self.clock.turn()
+        self.assertEqual(self.closed(), 4)
+
+    def test_stopping_cancels_the_rest_of_a_cycle(self) -> None:
+        self.clock.advance(20)
+        self.sweeper.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.closed(), 2)
+
+
 class BackPressureTimeoutTests(TestCase):
     """While we stopped reading a peer ourselves, only the write timeout runs."""
 

@@ -118,7 +118,8 @@ class ServiceTreeTests(TestCase):
 
     def test_demo_services_are_served_by_default(self) -> None:
         top = self.make()
-        self.assertEqual(sorted(top.server.dispatcher.services), ["arith", "echo"])
+        self.assertEqual(sorted(top.server.dispatcher.services),
+                         ["arith", "echo", "msrpc.health"])
         self.assertIsInstance(top.server.dispatcher.services["echo"], Echo)
         self.assertIsInstance(top.server.dispatcher.services["arith"], Arith)
 
@@ -131,6 +132,21 @@ class ServiceTreeTests(TestCase):
         self.assertRaises(usage.UsageError, self.make, "--service", "x=no.such.module:X")
         self.assertRaises(usage.UsageError, self.make, "--service", "x=msrpc.demo:Nope")
 
+    def test_service_module_in_the_current_directory_is_found(self) -> None:
+        """twistd does not put the current directory on sys.path as ``python -m`` does;
+        ``--service name=module:Class`` looks there too, after everything installed."""
+        here = os.path.abspath(self.mktemp())
+        os.makedirs(here)
+        with open(os.path.join(here, "tap_cwd_probe.py"), "w") as f:
+            f.write("class Probe:\n    def hello(self) -> str:\n        return 'hi'\n")
+        self.addCleanup(os.chdir, os.getcwd())
+        self.patch(sys, "path", [p for p in sys.path if p not in ("", os.getcwd())])
+        self.addCleanup(sys.modules.pop, "tap_cwd_probe", None)
+        os.chdir(here)
+        top = self.make("--service", "probe=tap_cwd_probe:Probe")
+        self.assertEqual(type(top.server.dispatcher.services["probe"]).__name__, "Probe")
+        self.assertEqual(sys.path[-1], here)
+
     def test_method_rate_for_unknown_method_is_a_usage_error(self) -> None:
         self.assertRaises(usage.UsageError, self.make, "--method-rate", "echo.nope=5")
 
@@ -138,7 +154,7 @@ class ServiceTreeTests(TestCase):
         top = self.make()
         names = [s.name for s in top]
         # stopped in reverse, one after the other
-        self.assertEqual(names, ["registry", "client", "server", "signals"])
+        self.assertEqual(names, ["spans", "registry", "client", "server", "signals"])
         self.assertIsInstance(top, SequentialMultiService)
         self.assertTrue(IService.providedBy(top.server))
         self.assertIsInstance(top.registry, StaticRegistry)
@@ -194,3 +210,58 @@ class ServiceTreeTests(TestCase):
         top = tap.makeService(parse("--registry", "static", "--listen", "tcp:0"), reactor)
         top.server.ready.errback(OSError("address in use"))
         self.assertTrue(reactor.hasStopped)
+
+
+class OperationsOptionTests(TestCase):
+    """--admin, --trace, --otlp-endpoint, --access-log: what each installs."""
+
+    def make(self, *argv: str) -> IServiceCollection:
+        options = parse("--registry", "static", "--listen", "tcp:0", *argv)
+        return tap.makeService(options, MemoryReactorClock())
+
+    def test_nothing_observes_by_default(self) -> None:
+        top = self.make()
+        self.assertIsNone(top.server.observer)
+        self.assertIsNone(top.client._observer)
+        self.assertFalse(hasattr(top, "admin"))
+
+    def test_admin_serves_metrics_of_server_and_client(self) -> None:
+        from msrpc.admin import AdminService
+        from msrpc.metrics import Metrics
+
+        top = self.make("--admin", "tcp:0:interface=127.0.0.1")
+        self.assertIsInstance(top.admin, AdminService)
+        self.assertEqual([s.name for s in top][0], "admin")  # stopped last
+        self.assertIsInstance(top.server.observer, Metrics)
+        self.assertIs(top.client._observer, top.server.observer)
+
+    def test_no_metrics_keeps_the_admin_endpoint_without_them(self) -> None:
+        top = self.make("--admin", "tcp:0", "--no-metrics")
+        self.assertIsNone(top.server.observer)
+
+    def test_trace_modes(self) -> None:
+        from msrpc.tracecontext import TraceContextPropagation
+        from msrpc.tracing import OpenTelemetryTracing
+
+        self.assertIsInstance(self.make("--trace", "w3c").server.observer,
+                              TraceContextPropagation)
+        self.assertIsInstance(self.make("--trace", "otel").client._observer,
+                              OpenTelemetryTracing)
+        self.assertRaises(usage.UsageError, parse, "--trace", "zipkin")
+
+    def test_an_otlp_endpoint_implies_otel(self) -> None:
+        self.assertEqual(parse("--otlp-endpoint", "http://127.0.0.1:4318")["trace"], "otel")
+
+    def test_access_log_observes_the_server_only(self) -> None:
+        from msrpc.accesslog import AccessLog
+
+        top = self.make("--access-log")
+        self.assertIsInstance(top.server.observer, AccessLog)
+        self.assertIsNone(top.client._observer)
+
+
+class AdminWithWorkersTests(TestCase):
+    def test_admin_is_refused_with_several_workers(self) -> None:
+        error = self.assertRaises(usage.UsageError, parse, "--admin", "tcp:0", "--workers",
+                                  "2")
+        self.assertIn("--admin serves one process", str(error))

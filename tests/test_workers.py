@@ -238,6 +238,7 @@ class SupervisorTests(TestCase):
                                 grace=2.0, drain_timeout=10.0)
         supervisor.startService()
         self.successResultOf(supervisor.ready)
+        supervisor.hurry()  # not stopping: nothing to hurry
         self.assertEqual(events, ["registered 127.0.0.1:9112"])
         stopped = supervisor.stopService()
         self.assertEqual(events[1:], ["deregistered"])

@@ -25,7 +25,7 @@ from types import ModuleType
 
 # Run order within a round, and the default selection.  The first is the
 # baseline the others are compared with.
-DEFAULT = ("baseline", "msrpc", "amp", "grpc_aio")
+DEFAULT = ("baseline", "msrpc", "msrpc_metrics", "msrpc_tracing", "amp", "grpc_aio")
 
 
 def load_system(name: str) -> ModuleType:

@@ -7,11 +7,12 @@ per-server in-flight limits, and deadline checks.  The client resolves the servi
 through a registry into its cache, lets the weighted-random balancer pick, and gives
 every call a deadline (sent to the server, and tracked by the client's shared timer).
 With ``bench.run --compression``, both sides compress bodies of 4 KiB and more.
+The ``msrpc_*`` variants run this same code with observers installed.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred
 
@@ -41,18 +42,22 @@ class WorkingEcho:
         return value
 
 
-def listen(reactor: Any, host: str, port: int) -> Deferred[int]:
+def listen(reactor: Any, host: str, port: int,
+           observers: Sequence[Any] = ()) -> Deferred[int]:
     server = Server(reactor, f"tcp:{port}:interface={host}", services={"echo": Echo()},
                     limits=ServerLimits(rate=50_000_000, burst=1_000_000),
                     settings=ProtocolSettings(
-                        compression=compress.parse_name(workload.compression())))
+                        compression=compress.parse_name(workload.compression())),
+                    observers=observers)
     server.startService()
     return server.ready.addCallback(lambda address: address.port)
 
 
-def connect(reactor: Any, host: str, port: int) -> Deferred[Callable[[Any], Deferred[Any]]]:
+def connect(reactor: Any, host: str, port: int,
+            observers: Sequence[Any] = ()) -> Deferred[Callable[[Any], Deferred[Any]]]:
     registry = StaticRegistry({"echo": [f"{host}:{port}"]})
-    client = Client(reactor, registry, timeout=30.0, compression=workload.compression())
+    client = Client(reactor, registry, timeout=30.0, compression=workload.compression(),
+                    observers=observers)
     echo = client.proxy("echo").echo
     # The first call resolves the service and opens the connection; calls after it take
     # the cached path the benchmark measures.

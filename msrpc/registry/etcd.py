@@ -23,6 +23,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from msrpc.errors import RegistryError
+from msrpc.observe import RegistryEvents
 from msrpc.registry.etcd_api import (
     EtcdAuthError, EtcdError, EtcdGateway, HTTPPoster, b64, header_revision, prefix_end,
     unb64)
@@ -84,8 +85,9 @@ class _LeaseKeeper:
     log = Logger()
 
     def __init__(self, gateway: EtcdGateway, clock: IReactorTime, instance: ServiceInstance,
-                 key: str, ttl: float) -> None:
+                 key: str, ttl: float, events: Optional[RegistryEvents] = None) -> None:
         self.gateway = gateway
+        self.events = events
         self.instance = instance
         self.key = key
         self.ttl = ttl
@@ -141,6 +143,8 @@ class _LeaseKeeper:
                               lost=lost)
             self._outage.recovered("etcd answers again; {key} is kept alive", key=self.key)
         except Exception as e:
+            if self.events is not None:
+                self.events.error("keepalive", e)
             self._outage.failed("cannot keep {key} alive in etcd, retrying every {interval}s",
                                 e, key=self.key, interval=round(self.ttl / 3.0, 3))
 
@@ -209,6 +213,8 @@ class EtcdRegistry:
         #: nothing is missed, however old, unless etcd compacted it meanwhile).
         self._recent: RecentLookups[Listing] = RecentLookups(reactor)
         self._closed = False
+        #: Errors and watch reconnects, for observers (``msrpc.observe``).
+        self.events = RegistryEvents(self.name)
 
     # ----------------------------------------------------------------- keys
 
@@ -241,7 +247,7 @@ class EtcdRegistry:
         async def register() -> IRegistration:
             self._check_open()
             keeper = _LeaseKeeper(self.gateway, self.clock, instance, self.key_for(instance),
-                                  self.ttl)
+                                  self.ttl, events=self.events)
             self._keepers.append(keeper)  # so that close() meanwhile reaches it
             try:
                 await keeper.start()

@@ -82,6 +82,7 @@ class WatchHub:
         self._everything = True   # watch the whole keyspace (msgo's plain keys too)
         self._token: Optional[str] = None  # the one the current stream was opened with
         self._created = False
+        self._streamed = False  # a stream was created before the current one
         self._task: Optional[defer.Deferred[None]] = None
         self._failing = False
         #: Streams opened (for tests and benchmarks).
@@ -128,6 +129,7 @@ class WatchHub:
         """No more callbacks; the stream is closed."""
         self._services.clear()
         self._revision = None
+        self._streamed = False
         task_, self._task = self._task, None
         if task_ is not None:
             task_.cancel()
@@ -257,6 +259,10 @@ class WatchHub:
             if not self._created:
                 self._created = True
                 self._recovered()
+                if self._streamed:  # each watch works again
+                    for name in list(self._services):
+                        self._registry.events.watch_reconnected(name)
+                self._streamed = True
             return
         events = result.get("events")
         if not events:  # a progress notification: complete up to here
@@ -323,6 +329,7 @@ class WatchHub:
             self.log.failure("watch callback for {service} raised", service=entry.name)
 
     def _outage(self, error: BaseException) -> None:
+        self._registry.events.error("watch", error)
         if not self._failing:
             self._failing = True
             self.log.warn("etcd watch of {n} service(s) interrupted, retrying: {error}",

@@ -46,6 +46,7 @@ from msrpc.registry.changes import ChangeWatcher, change_file, touch
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import (IRegistration, IRegistry, IServiceCatalog, IWatch,
                                       WatchCallback)
+from msrpc.observe import RegistryEvents
 from msrpc.registry.polling import PollingWatch
 from msrpc.registry.registration import CallbackWatch, Registration
 from msrpc.threads import DaemonThreadPool
@@ -438,6 +439,7 @@ class _Heartbeat:
 
     def _beat_failed(self, failure: Any) -> None:
         # Never let the failure reach the LoopingCall: that would stop the beats for good.
+        self._registry.events.error("keepalive", failure.value)
         if not self._failing:
             self._failing = True
             self.log.warn("heartbeat of {service} at {address} failed, will keep trying: "
@@ -540,6 +542,8 @@ class LocalRegistry:
         self._changes = ChangeWatcher(reactor, self.path, self._changed) if notify else None
         self._closing: Optional[Deferred[None]] = None
         self._closed = False
+        #: Errors and watch reconnects, for observers (``msrpc.observe``).
+        self.events = RegistryEvents(self.name)
 
     def call(self, fn: Callable[..., T], *args: Any) -> "Deferred[T]":
         """Run a blocking ``Store`` method on the executor (an error once it is gone)."""
@@ -593,7 +597,7 @@ class LocalRegistry:
         self._notified()  # start listening before the first look, so nothing slips by
         lookup = _CachedLookup(self)
         poll = PollingWatch(self.clock, lookup, service, callback, self._poll_interval,
-                            due=lookup.due)
+                            due=lookup.due, events=self.events)
         self._polls.add(poll)
 
         def stopped() -> None:

@@ -54,6 +54,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from msrpc.errors import RegistryAuthError, RegistryError
+from msrpc.observe import RegistryEvents
 from msrpc.registry.http import (
     Endpoints, TLSFiles, make_http_client, make_pool, request_slots, with_timeout,
 )
@@ -182,6 +183,7 @@ class _Beater:
                 log.info("re-registered {service} at {address} in nacos",
                          service=instance.service, address=instance.address)
         except RegistryError as e:
+            self._registry.events.error("keepalive", e)
             if not self._failing:
                 self._failing = True
                 log.warn("beat for {service} at {address} failed, will keep trying: {error}",
@@ -292,8 +294,11 @@ class NacosRegistry:
         self._token_renew_at = 0.0
         self._login_lock = DeferredLock()
         self._registrations: list[tuple[Registration, _Beater]] = []
+        #: Errors and watch reconnects, for observers (``msrpc.observe``).
+        self.events = RegistryEvents(self.name)
         self._polls = SharedPolls(self.clock, self._lookup_all, interval=refresh,
-                                  budget=poll_budget, name="nacos", on_change=self._changed)
+                                  budget=poll_budget, name="nacos", on_change=self._changed,
+                                  events=self.events)
         self.push: Optional[PushListener] = None
         if push_port is not None:
             target = urlsplit(self.endpoints.urls[0])

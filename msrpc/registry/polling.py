@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from msrpc.observe import RegistryEvents
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import IWatch, WatchCallback
 
@@ -41,9 +42,11 @@ class PollingWatch:
 
     def __init__(self, clock: IReactorTime, lookup: Lookup, service: str,
                  callback: WatchCallback, interval: Interval,
-                 due: Optional[Callable[[], Optional[float]]] = None) -> None:
+                 due: Optional[Callable[[], Optional[float]]] = None,
+                 events: Optional[RegistryEvents] = None) -> None:
         self._clock = clock
         self._lookup = lookup
+        self._events = events
         self._service = service
         self._callback = callback
         self._interval = interval
@@ -90,6 +93,8 @@ class PollingWatch:
         if self._failing:
             self._failing = False
             self.log.info("registry answers again for {service}", service=self._service)
+            if self._events is not None:
+                self._events.watch_reconnected(self._service)
         key = snapshot_key(instances)
         if key != self._last and not self._stopped:
             self._last = key
@@ -99,6 +104,8 @@ class PollingWatch:
                 self.log.failure("watch callback of {service} failed", service=self._service)
 
     def _failed(self, failure: Any) -> None:
+        if self._events is not None:
+            self._events.error("watch", failure.value)
         if not self._failing:
             self._failing = True
             self.log.warn("lookup of {service} failed, keeping the last instance list: "

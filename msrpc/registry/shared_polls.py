@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from msrpc.observe import RegistryEvents
 from msrpc.registry.instance import ServiceInstance
 from msrpc.registry.interface import IWatch, WatchCallback
 from msrpc.registry.polling import snapshot_key
@@ -85,7 +86,8 @@ class SharedPolls:
     def __init__(self, clock: IReactorTime, lookup: Lookup, *, interval: float,
                  budget: float, poke_rate: Optional[float] = None, jitter: float = 0.1,
                  name: str = "registry", on_change: Optional[ChangeHook] = None,
-                 rng: Optional[random.Random] = None) -> None:
+                 rng: Optional[random.Random] = None,
+                 events: Optional[RegistryEvents] = None) -> None:
         if interval <= 0:
             raise ValueError("the poll interval must be positive")
         self.clock = clock
@@ -98,6 +100,8 @@ class SharedPolls:
         self.jitter = jitter
         self.name = name
         self.on_change = on_change
+        #: Where failed polls and recovered watches are reported (``msrpc.observe``).
+        self.events = events
         self._rng = rng or random.Random()
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, str]] = []
@@ -256,6 +260,8 @@ class SharedPolls:
     def _got(self, instances: Sequence[ServiceInstance], entry: _Entry, poked: bool) -> None:
         if entry.failing:
             entry.failing = False
+            if self.events is not None:
+                self.events.watch_reconnected(entry.service)
             self._failing -= 1
             if self._failing == 0:
                 self.log.info("{name}: lookups answer again", name=self.name)
@@ -274,6 +280,8 @@ class SharedPolls:
 
     def _failed(self, failure: Failure, entry: _Entry) -> None:
         self.failures += 1
+        if self.events is not None:
+            self.events.error("watch", failure.value)
         if entry.failing:
             return
         entry.failing = True

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
+from msrpc.observe import RegistryEvents
 from msrpc.registry.instance import ServiceInstance, parse_address
 from msrpc.registry.interface import (
     IRegistration, IRegistry, IServiceCatalog, IWatch, WatchCallback,
@@ -28,6 +29,8 @@ class StaticRegistry:
         self._instances: dict[str, list[ServiceInstance]] = {}
         self._watchers: dict[str, list[WatchCallback]] = {}
         self._registrations: list[Registration] = []
+        #: Never reports anything (nothing can fail); there for uniformity.
+        self.events = RegistryEvents(self.name)
         for service, addresses in (services or {}).items():
             self._instances[service] = [_as_instance(service, a) for a in addresses]
 

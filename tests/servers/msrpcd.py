@@ -153,11 +153,16 @@ def start_daemon(test: TestCase, reactor: Any, directory: Path, args: Sequence[s
     return d.addCallbacks(lambda _: daemon, explain)
 
 
+def msrpc_argv() -> list[str]:
+    """How to run the installed ``msrpc`` command."""
+    script = BIN / "msrpc"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "msrpc.cli"]
+
+
 def msrpc_cli(reactor: Any, *args: str, env: Optional[dict[str, str]] = None,
               cwd: Optional[Path] = None) -> "defer.Deferred[tuple[str, str, int]]":
     """Run the installed ``msrpc`` command: (stdout, stderr, exit code)."""
-    script = BIN / "msrpc"
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "msrpc.cli"]
+    argv = msrpc_argv()
     d = utils.getProcessOutputAndValue(argv[0], argv[1:] + list(args), env=child_env(env),
                                        path=str(cwd) if cwd else None, reactor=reactor)
     return d.addCallback(lambda r: (r[0].decode(), r[1].decode(), r[2]))

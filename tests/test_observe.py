@@ -1,0 +1,250 @@
+"""The observer contract (msrpc.observe): what servers and clients tell observers, and when."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from msrpc.client import ObservedCall, RetryPolicy
+from msrpc.errors import RegistryUnavailable
+from msrpc.health import EjectionPolicy
+from msrpc.observe import (
+    CANCELLED, CLIENT, OTHER, SERVER, ContextualProtocol, ICallObserver, IClientObserver,
+    IRegistryObserver, ObservedProtocol, Observers, RegistryEvents, combine,
+)
+from msrpc.protocol import RpcProtocol
+from msrpc.registry.static import StaticRegistry
+from msrpc.server import Server
+from msrpc.testing import MemoryNetwork
+
+
+@implementer(ICallObserver, IClientObserver, IRegistryObserver)
+class Recorder:
+    """Writes down everything it is told."""
+
+    contextual = False
+
+    def __init__(self) -> None:
+        self.started: list[Any] = []
+        self.finished: list[Any] = []
+        self.events: list[tuple[Any, ...]] = []
+
+    def call_started(self, call: Any) -> None:
+        self.started.append((call.side, call.service, call.method))
+
+    def call_finished(self, call: Any) -> None:
+        self.finished.append(call)
+
+    def call_retried(self, service: str, method: str, error: BaseException) -> None:
+        self.events.append(("retried", service, method, type(error).__name__))
+
+    def instance_ejected(self, service: str, address: str, seconds: float) -> None:
+        self.events.append(("ejected", service, address, seconds))
+
+    def registry_error(self, backend: str, operation: str, error: BaseException) -> None:
+        self.events.append(("registry_error", backend, operation))
+
+    def watch_reconnected(self, backend: str, service: str) -> None:
+        self.events.append(("reconnected", backend, service))
+
+
+class Service:
+    def __init__(self, net: MemoryNetwork) -> None:
+        self.net = net
+
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+    def slow(self) -> "defer.Deferred[str]":
+        return deferLater(self.net.clock, 2.0, lambda: "late")
+
+
+class ServerSideTests(TestCase):
+    def setUp(self) -> None:
+        self.net = MemoryNetwork()
+        self.recorder = Recorder()
+        self.server = self.net.server({"svc": Service(self.net)}, observers=[self.recorder])
+        self.client = self.net.client(retry=RetryPolicy(max_attempts=1))
+
+    def test_an_unobserved_server_builds_plain_connections(self) -> None:
+        net = MemoryNetwork()
+        server = net.server({"svc": Service(net)})
+        self.assertIs(type(server.factory.buildProtocol(None)), RpcProtocol)
+        self.assertFalse(server.dispatcher.observing)
+
+    def test_an_observed_call_is_started_then_finished_with_its_outcome(self) -> None:
+        self.net.clock.advance(100.0)
+        d = self.client.call("svc", "slow")
+        self.net.advance(2.0)
+        self.assertEqual(self.successResultOf(d), "late")
+        self.assertEqual(self.recorder.started, [(SERVER, "svc", "slow")])
+        [call] = self.recorder.finished
+        self.assertEqual((call.side, call.service, call.method, call.code, call.refused),
+                         (SERVER, "svc", "slow", 200, ""))
+        self.assertEqual((call.started, call.duration), (100.0, 2.0))
+        self.assertEqual(call.peer, "127.0.0.1:40000")
+        self.assertEqual(call.meta["deadline"], 10_000)
+        self.assertGreater(call.bytes_in, 17)
+        self.assertGreater(call.bytes_out, 17)
+
+    def test_a_refused_call_finishes_without_starting(self) -> None:
+        self.server.dispatcher.draining = True
+        self.client.call("svc", "add", 1, 2).addErrback(lambda f: None)
+        self.net.flush()
+        self.assertEqual(self.recorder.started, [])
+        [call] = self.recorder.finished
+        self.assertEqual((call.service, call.method, call.code, call.refused),
+                         (OTHER, OTHER, 503, "draining"))
+
+    def test_a_call_refused_after_naming_its_method_keeps_its_labels(self) -> None:
+        self.client.call("svc", "add", "one", 2).addErrback(lambda f: None)
+        self.net.flush()
+        [call] = self.recorder.finished
+        self.assertEqual((call.service, call.method, call.code, call.refused),
+                         ("svc", "add", 400, "bad_request"))
+
+    def test_cancelled_and_abandoned_calls_finish_as_cancelled(self) -> None:
+        d = self.client.call("svc", "slow")
+        self.net.flush()
+        d.cancel()
+        self.failureResultOf(d)
+        self.net.flush()
+        self.client.call("svc", "slow").addErrback(lambda f: None)
+        self.net.flush()
+        for protocol in list(self.server.factory.connections):
+            protocol.transport.loseConnection()
+        self.net.flush()
+        self.assertEqual([c.code for c in self.recorder.finished], [CANCELLED, CANCELLED])
+
+    def test_contextual_observers_get_contextual_connections(self) -> None:
+        contextual = Recorder()
+        contextual.contextual = True
+        net = MemoryNetwork()
+        server = net.server({"svc": Service(net)}, observers=[contextual])
+        self.assertIs(type(server.factory.buildProtocol(None)), ContextualProtocol)
+        self.assertIs(type(self.server.factory.buildProtocol(None)), ObservedProtocol)
+
+
+class ClientSideTests(TestCase):
+    def test_client_calls_are_observed_from_start_to_outcome(self) -> None:
+        net = MemoryNetwork()
+        net.server({"svc": Service(net)})
+        recorder = Recorder()
+        client = net.client(observers=[recorder], timeout=5.0)
+        d = client.call("svc", "slow")
+        self.assertIsInstance(d, ObservedCall)
+        self.assertEqual(recorder.started, [(CLIENT, "svc", "slow")])
+        net.advance(2.0)
+        self.successResultOf(d)
+        [call] = recorder.finished
+        self.assertEqual((call.code, call.duration, call.peer), (200, 2.0, "127.0.0.1:7001"))
+
+    def test_an_unobserved_client_makes_plain_calls(self) -> None:
+        net = MemoryNetwork()
+        d = net.client().call("svc", "x")
+        self.assertNotIsInstance(d, ObservedCall)
+        d.addErrback(lambda f: None)
+
+    def test_retries_and_ejections_are_reported(self) -> None:
+        net = MemoryNetwork()
+        down = net.server({"svc": Service(net)})
+        net.server({"svc": Service(net)})
+        recorder = Recorder()
+        client = net.client(observers=[recorder], balancer="round_robin",
+                            ejection=EjectionPolicy(consecutive_failures=1, base_ejection=5.0))
+        client.call("svc", "add", 1, 1)
+        net.flush()
+        down.crash()
+        for _ in range(3):
+            client.call("svc", "add", 1, 1)
+            net.advance(0.1)
+        self.assertIn(("retried", "svc", "add", "ConnectError"), recorder.events)
+        self.assertIn(("ejected", "svc", down.address, 5.0), recorder.events)
+
+
+class CombiningTests(TestCase):
+    def test_a_lone_full_observer_is_used_as_is_and_several_are_combined(self) -> None:
+        one, two = Recorder(), Recorder()
+        self.assertIsNone(combine([]))
+        self.assertIs(combine([one]), one)
+        both = combine([one, two])
+        self.assertIsInstance(both, Observers)
+        verifyObject(ICallObserver, both)
+        both.call_retried("s", "m", ValueError())
+        self.assertEqual(one.events, two.events)
+
+    def test_a_failing_observer_does_not_stop_the_others(self) -> None:
+        class Broken(Recorder):
+            def call_finished(self, call: Any) -> None:
+                raise RuntimeError("broken observer")
+
+        good = Recorder()
+        both = Observers([Broken(), good])
+        both.call_finished("a call")
+        self.assertEqual(good.finished, ["a call"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_contextual_when_any_observer_is(self) -> None:
+        contextual = Recorder()
+        contextual.contextual = True
+        self.assertFalse(Observers([Recorder()]).contextual)
+        self.assertTrue(Observers([Recorder(), contextual]).contextual)
+
+
+class RegistryEventsTests(TestCase):
+    def test_every_backend_has_events_named_for_it(self) -> None:
+        self.assertEqual(StaticRegistry().events.backend, "static")
+
+    def test_subscribers_hear_errors_and_reconnects_once_each(self) -> None:
+        events = RegistryEvents("etcd")
+        recorder = Recorder()
+        events.subscribe(recorder)
+        events.subscribe(recorder)
+        events.error("watch", RegistryUnavailable("down"))
+        events.watch_reconnected("svc")
+        self.assertEqual(recorder.events, [("registry_error", "etcd", "watch"),
+                                           ("reconnected", "etcd", "svc")])
+
+    def test_a_server_reports_failed_registrations_of_its_registry(self) -> None:
+        registry = StaticRegistry()
+        recorder = Recorder()
+        registry.events.subscribe(recorder)
+        attempts: list[Any] = []
+
+        def register(instance: Any) -> "defer.Deferred[Any]":
+            attempts.append(instance)
+            return defer.fail(RegistryUnavailable("no"))
+
+        registry.register = register  # type: ignore[method-assign]
+        reactor = MemoryReactorClock()
+        server = Server(reactor, "tcp:7000", registry=registry, advertise="127.0.0.1",
+                        services={"svc": Service(MemoryNetwork())}, grace=0)
+        server.startService()
+        reactor.advance(0.5)
+        self.assertEqual(recorder.events, [("registry_error", "static", "register")] * 2)
+        server.stopService()
+        self.flushLoggedErrors()
+
+
+class SharedPollEventsTests(TestCase):
+    def test_shared_polls_report_failed_polls_and_the_recovery(self) -> None:
+        from twisted.internet.task import Clock
+
+        from msrpc.registry.shared_polls import SharedPolls
+
+        clock, recorder, events = Clock(), Recorder(), RegistryEvents("nacos")
+        events.subscribe(recorder)
+        answers: list[Any] = [defer.fail(RegistryUnavailable("down")), defer.succeed([])]
+        polls = SharedPolls(clock, lambda service: answers.pop(0), interval=1.0, budget=10.0,
+                            jitter=0.0, events=events)
+        polls.watch("svc", lambda instances: None)
+        clock.advance(5.0)
+        polls.stop()
+        self.assertEqual(recorder.events, [("registry_error", "nacos", "watch"),
+                                           ("reconnected", "nacos", "svc")])
