@@ -42,7 +42,7 @@ import json
 import math
 import os
 from collections import Counter
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 import treq
@@ -378,7 +378,9 @@ class NacosRegistry:
                      "safety net", interval=self.push_refresh)
             self.push_working = True
             self._polls.interval = self.push_refresh
-        self._polls.poke(service)
+        pushed = self._usable(service, push.hosts, quiet=True)  # unverified: compared only
+        if not self._polls.holds(service, pushed):  # a change, maybe: list it to be sure
+            self._polls.poke(service)
 
     def _changed(self, service: str, pushed: bool) -> None:
         """A poll found a change: if no push announces it soon, pushes are not arriving."""
@@ -456,14 +458,20 @@ class NacosRegistry:
 
         what = f"lookup of {service}"
         api, body = await self._call(request, what)
+        return self._usable(service, api.parse_instances(body, what))
+
+    def _usable(self, service: str, hosts: Iterable[Mapping[str, Any]],
+                quiet: bool = False) -> list[ServiceInstance]:
+        """The healthy, enabled instances among Nacos's ``hosts`` (malformed ones skipped)."""
         found = []
-        for host in api.parse_instances(body, what):
-            instance = self._to_instance(service, host)
+        for host in hosts:
+            instance = self._to_instance(service, host, quiet)
             if instance is not None and instance.healthy and instance.enabled:
                 found.append(instance)
         return found
 
-    def _to_instance(self, service: str, host: Mapping[str, Any]) -> Optional[ServiceInstance]:
+    def _to_instance(self, service: str, host: Mapping[str, Any],
+                     quiet: bool = False) -> Optional[ServiceInstance]:
         try:
             return ServiceInstance(
                 service=service, host=str(host["ip"]), port=int(host["port"]),
@@ -474,6 +482,8 @@ class NacosRegistry:
                 enabled=bool(host.get("enabled", True)),
                 healthy=bool(host.get("healthy", True)))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
+            if quiet:  # anyone can send a datagram: no log line per forged host
+                return None
             log.warn("ignoring a malformed instance of {service} from nacos: {host!r} ({error})",
                      service=service, host=host, error=e)
             return None

@@ -174,6 +174,11 @@ class SharedPolls:
             self._start_or_schedule(entry, start, poked=True)
         return True
 
+    def holds(self, service: str, instances: Sequence[ServiceInstance]) -> bool:
+        """Whether the last list of a watched ``service`` is ``instances`` (no change)."""
+        entry = self._entries.get(service)
+        return entry is not None and entry.snapshot == snapshot_key(instances)
+
     def poll_all_soon(self) -> None:
         """Every service polled again as soon as the budget allows (e.g. push just started)."""
         for entry in self._entries.values():
