@@ -188,6 +188,14 @@ def run_client(
     return result
 
 
+def cpu_us_per_call(runs: list[dict[str, Any]], key: str) -> float | None:
+    """CPU microseconds per call over whole client runs, the median over rounds: a busy
+    machine moves it far less than calls/s, since waiting for a CPU costs no CPU."""
+    per_call = [1e6 * r[key] / r["calls_total"] for r in runs
+                if r.get(key) is not None and r.get("calls_total")]
+    return statistics.median(per_call) if per_call else None
+
+
 def describe(case: Case) -> str:
     if not case.payload:
         return f"c={case.concurrency}"
@@ -215,8 +223,12 @@ def _pick_cpus(pin: bool) -> tuple[int | None, int | None]:
 def variant_of(system: str, systems: list[str]) -> str | None:
     """
     The system ``system`` is a variant of, if it runs too: ``msrpc`` for
-    ``msrpc_metrics`` (the same code with a feature switched on).
+    ``msrpc_metrics`` (the same code with a feature switched on) and for
+    ``msrpc@uvloop`` (the same code on another reactor).
     """
+    plain, at, _ = system.partition("@")
+    if at and plain in systems:
+        return plain
     base, sep, _ = system.rpartition("_")
     while sep:
         if base in systems:
@@ -269,6 +281,8 @@ def summarize(
                 "mb_per_s": median["calls_per_s"] * case.payload / 1e6,
                 "server_cpu_ms_per_mb": cpu_ms_per_mb(median, "server_cpu_s"),
                 "client_cpu_ms_per_mb": cpu_ms_per_mb(median, "cpu_s"),
+                "server_cpu_us_per_call": cpu_us_per_call(mine, "server_cpu_s"),
+                "client_cpu_us_per_call": cpu_us_per_call(mine, "cpu_s"),
                 "p50_us": median["p50_us"],
                 "p99_us": median["p99_us"],
                 "min_calls_per_s": rates[0],
@@ -302,7 +316,8 @@ def table(rows: list[dict[str, Any]], baseline: str | None) -> str:
         head = ["system", "payload", "comp", "conc", "MB/s", "spread (min..max MB/s)",
                 "p50", "p99", "srv ms/MB", "cli ms/MB", ratio]  # fmt: skip
     else:
-        head = ["system", "conc", "calls/s", "spread (min..max)", "p50", "p99", ratio]
+        head = ["system", "conc", "calls/s", "spread (min..max)", "p50", "p99",
+                "srv µs/call", "cli µs/call", ratio]
     variants = any(r.get("variant_of") for r in rows)
     if variants:
         head.append("vs plain")
@@ -324,6 +339,7 @@ def table(rows: list[dict[str, Any]], baseline: str | None) -> str:
                 r["system"], str(r["concurrency"]), f"{r['calls_per_s']:,.0f}",
                 f"{spread} ({r['min_calls_per_s']:,.0f}..{r['max_calls_per_s']:,.0f})",
                 _us(r["p50_us"]), _us(r["p99_us"]),
+                _ms(r.get("server_cpu_us_per_call")), _ms(r.get("client_cpu_us_per_call")),
             ]  # fmt: skip
         row.append(f"{r['ratio']:.2f}" if r["ratio"] is not None else "-")
         if variants:

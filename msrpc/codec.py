@@ -309,16 +309,17 @@ def _limit_children(obj: Any) -> list[Any]:
 
 def _depth_broken(value: Any, data: bytes, limits: Limits,
                   may_nest_deeper: Callable[[bytes], bool]) -> Optional[str]:
-    """What breaks the nesting limit in ``value`` decoded from ``data``, or None; cheap
-    for short bodies (a byte scan first) and for long ones made of few values.  Callers
-    skip bodies of at most ``max_depth`` bytes: every level takes at least one byte."""
+    """What breaks the nesting limit in ``value`` decoded from ``data``, or None.  Codecs
+    call it for every body longer than ``_SCAN_MAX`` and for shorter ones whose byte scan
+    (``may_nest_deeper``, cheap on them) found enough nesting bytes; a long body is walked
+    instead when it is made of few values, and scanned when it is not."""
     size = len(data)
     if size > _SCAN_MAX:
         within = _nests_within(value, limits.max_depth, size // _BYTES_PER_VISIT)
         if within is not None:
             return None if within else f"value nests deeper than {limits.max_depth} levels"
-    if not may_nest_deeper(data):
-        return None
+        if not may_nest_deeper(data):
+            return None
     return _limit_broken(value, limits, sizes=False)
 
 
@@ -447,7 +448,8 @@ class MsgpackCodec:
             raise DecodeError("value nests too deeply") from None
         except Exception as e:  # FormatError, StackError, ValueError(limits), Unicode, ...
             raise DecodeError(f"malformed msgpack: {e}") from None
-        if len(data) > self.limits.max_depth:
+        size = len(data)  # every level of nesting takes a byte at least
+        if size > self.limits.max_depth and (size > _SCAN_MAX or self._may_nest_deeper(data)):
             problem = _depth_broken(value, data, self.limits, self._may_nest_deeper)
             if problem is not None:
                 raise DecodeError(problem)
@@ -629,9 +631,11 @@ class JsonCodec:
             raise DecodeError("value nests too deeply") from None
         except Exception as e:
             raise DecodeError(f"malformed JSON: {e}") from None
-        if len(data) > self._small:
+        size = len(data)
+        if size > self._small:
             problem = _limit_broken(value, self.limits, sizes=True)
-        elif len(data) > self.limits.max_depth:
+        elif size > self.limits.max_depth and (size > _SCAN_MAX or
+                                               self._may_nest_deeper(data)):
             problem = _depth_broken(value, data, self.limits, self._may_nest_deeper)
         else:
             return value

@@ -188,6 +188,18 @@ class ReactorChoiceTests(TestCase):
         self.assertEqual(reactors.split("msrpc"), ("msrpc", None))
         self.assertEqual(set(reactors.INSTALLERS), {"epoll", "asyncio", "uvloop"})
 
+    def test_a_reactor_row_is_a_variant_of_the_plain_system(self) -> None:
+        from bench.run import variant_of
+        self.assertEqual(variant_of("msrpc@uvloop", ["baseline", "msrpc", "msrpc@uvloop"]),
+                         "msrpc")
+        self.assertIsNone(variant_of("msrpc@uvloop", ["baseline", "msrpc@uvloop"]))
+
+    def test_cpu_per_call_is_the_median_over_rounds(self) -> None:
+        from bench.run import cpu_us_per_call
+        runs = [{"server_cpu_s": cpu, "calls_total": 1000} for cpu in (0.01, 0.03, 0.02)]
+        self.assertEqual(cpu_us_per_call(runs, "server_cpu_s"), 20.0)
+        self.assertIsNone(cpu_us_per_call([{"calls_total": 5}], "server_cpu_s"))
+
     def test_bench_run_refuses_an_unknown_reactor(self) -> None:
         from bench.run import parse_args
         self.assertEqual(parse_args(["--systems", "baseline,msrpc@asyncio"]).systems,
