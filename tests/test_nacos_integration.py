@@ -414,6 +414,51 @@ class NacosV3IntegrationTests(Scenarios, unittest.TestCase):
         self.assertIsNone(registry.push_working)  # v3 never subscribes
 
 
+class Nacos31BothApisTests(unittest.TestCase):
+    """Nacos 3.1.0 as shipped, v1 switch on: auto still picks v3; v1 when asked, with push."""
+
+    timeout = 300
+
+    def setUp(self) -> None:
+        require_nacos(CONFIGS["3.1.0-v1"].version)
+        self.service = f"msrpc-it-{uuid.uuid4().hex[:10]}"
+
+    def registry(self, server: NacosServer, **kw: Any) -> NacosRegistry:
+        registry = NacosRegistry(reactor, server.url, timeout=5.0, **kw)
+        self.addCleanup(registry.close)
+        return registry
+
+    @defer.inlineCallbacks
+    def test_auto_picks_v3_even_where_v1_answers(self) -> Any:
+        server = yield shared_nacos(reactor, config="3.1.0-v1")
+        registry = self.registry(server)
+        self.assertEqual((yield registry.lookup(self.service)), [])
+        self.assertEqual([d.name for d in registry._dialects.values()], ["v3"])
+        self.assertIsNone(registry.push_working)
+
+    @defer.inlineCallbacks
+    def test_v1_when_asked_registers_and_brings_pushes(self) -> Any:
+        server = yield shared_nacos(reactor, config="3.1.0-v1")
+        watcher = self.registry(server, api="v1", refresh=60.0, push_refresh=60.0)
+        writer = self.registry(server, api="v1", push_port=None)
+        seen: list[set[int]] = []
+        watcher.watch(self.service, lambda found: seen.append({i.port for i in found}))
+        yield wait_for(reactor, lambda: bool(seen), 20, "the first list in the watch")
+        registration = yield writer.register(ServiceInstance(
+            service=self.service, host="127.0.0.1", port=free_port(), metadata={"k": "v"}))
+        port = registration.instance.port
+        # only a push can bring it: the watch's polls are 60 s apart
+        yield wait_for(reactor, lambda: seen[-1] == {port}, 30,
+                       "the registered instance pushed to the watch", interval=0.2)
+        [found] = yield writer.lookup(self.service)
+        self.assertEqual((found.port, found.metadata.get("k")), (port, "v"))
+        self.assertTrue(watcher.push_working)
+        yield registration.deregister()
+        yield wait_for(reactor, lambda: seen[-1] == set(), 30,
+                       "the deregistered instance pushed away", interval=0.2)
+        self.assertEqual(watcher.stats["changes.polled"], 0)
+
+
 async def _true(value: bool) -> bool:
     return value
 

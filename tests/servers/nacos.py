@@ -3,8 +3,8 @@ Real Nacos servers for the integration tests (installed by ``scripts/install-nac
 
 ``NacosServer`` starts one standalone server (embedded Derby storage) on loopback with a
 temporary ``nacos.home`` in one of the configurations of ``CONFIGS`` (2.3.2 with the v1 API;
-3.1.0 with its v1 client API switched off, as 3.2+ have none; either with auth on), and can
-stop, kill and restart it.  A Nacos JVM takes 15-20 s to start on two cores, so
+3.1.0 with its v1 client API switched off, as 3.2+ have none; either with auth on; 3.1.0 as
+shipped, with both APIs), and can stop, kill and restart it.  A Nacos JVM takes 15-20 s to start on two cores, so
 ``shared_nacos()`` hands out one lazily started server per configuration and test process,
 and the first call starts every configuration a run needs at once (``MSRPC_NACOS_CONFIGS``,
 default all), in parallel.  Tests may restart a shared server (it comes back on the same
@@ -76,6 +76,8 @@ CONFIGS: dict[str, NacosConfig] = {c.name: c for c in (
     # as 3.2+ are (v1 removed: 410 here, 404 there), and 3.3 (auth on by default)
     NacosConfig("3.1.0", NACOS3_VERSION, v1=False),
     NacosConfig("3.1.0-auth", NACOS3_VERSION, auth=True, v1=False),
+    # 3.0/3.1 as shipped: both APIs (auto must still pick v3; v1 when asked, with push)
+    NacosConfig("3.1.0-v1", NACOS3_VERSION),
 )}
 
 
