@@ -19,6 +19,7 @@ Options go anywhere on the line (``msrpc.cmdline``).  Each subcommand is one row
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -27,25 +28,41 @@ from typing import Any, Awaitable, Callable, Optional, Sequence
 from twisted.internet import defer, task
 from twisted.python import usage
 
-from msrpc import version_text
+from msrpc import gob, version_text
 from msrpc.auth import client_token
 from msrpc.client import Client
 from msrpc.cmdline import HelpRequested, InterspersedOptions, option_table, split_argv
 from msrpc.codec import SERIALIZERS, TypeRegistry, make_codecs
 from msrpc.errors import MsrpcError
 from msrpc.loadgen import closed_loop
+from msrpc.msgo import parse_dialect_option
 from msrpc.protocol import ProtocolSettings
 from msrpc.registry.options import check_registry_options, make_registry, registry_parameters
 from msrpc.show import OUTPUTS
 from msrpc.tls import TLSFiles
 
 
+#: ``int64(7)``, ``uint8(3)``, ``float32(1.5)``...: a number as that Go type.
+_GO_NUMBER = re.compile(r"(u?int(?:8|16|32|64)?|uintptr|float(?:32|64)|complex(?:64|128))"
+                        r"\((.*)\)", re.S)
+
+
 def parse_arg(text: str) -> Any:
-    """JSON when it parses (``1``, ``"x"``, ``[1,2]``), else the text itself."""
+    """JSON when it parses (``1``, ``"x"``, ``[1,2]``); a Go conversion of a number,
+    ``int64(7)``, for Go msgo services, whose methods take exact Go types; else the text
+    itself."""
     try:
         return json.loads(text)
     except ValueError:
+        pass
+    go_number = _GO_NUMBER.fullmatch(text)
+    if go_number is None:
         return text
+    value_class = getattr(gob, go_number.group(1).capitalize())
+    try:
+        return value_class(json.loads(go_number.group(2)))
+    except (ValueError, TypeError, OverflowError) as e:
+        raise usage.UsageError(f"{text}: {e}") from None
 
 
 #: What any command that calls servers needs: wire format, token, TLS.
@@ -68,6 +85,19 @@ class CallOptions(InterspersedOptions):
         ["output", "o", "json", "How results print: json (readable JSON), tagged (the "
                                 "JSON serializer's lossless form) or python (repr)."],
     ] + CLIENT_PARAMETERS + registry_parameters()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["dialects"] = {}
+
+    def opt_dialect(self, spec: str) -> None:
+        """[SERVICE=]NAME  The protocol a service speaks when its instances do not say:
+        msgo (a Go msgo service: one call per connection, gob) or msrpc (repeatable)."""
+        try:
+            service, name = parse_dialect_option(spec)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self["dialects"][service] = name
 
     def parseArgs(self, target: str, *args: str) -> None:  # type: ignore[override]
         service, sep, method = target.rpartition(".")
@@ -177,7 +207,8 @@ def make_client(reactor: Any, registry: Any, options: usage.Options,
                       settings=client_settings(options),
                       token=client_token(options["token-file"]),
                       tls=TLSFiles(options["tls-ca"], options["tls-cert"], options["tls-key"]),
-                      **extra)
+                      dialect=options.get("dialects") or None,
+                      gob_registry=gob.GobRegistry(keep_unknown=True), **extra)
     except ValueError as e:
         raise usage.UsageError(str(e)) from None
 

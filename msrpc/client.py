@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol as TypingProtocol, Sequence
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -29,8 +29,9 @@ from msrpc.observe import CANCELLED, CLIENT, client_events, combine
 from msrpc.errors import (
     CallTimeout, ConnectionLost, EncodeError, MsrpcError, NoInstances, Unavailable,
 )
+from msrpc.msgo import DIALECTS, MSGO
 from msrpc.pool import Connector, Endpoint, Pool, PoolSettings, tcp_connector
-from msrpc.protocol import ProtocolSettings, RpcProtocol
+from msrpc.protocol import ProtocolSettings, RpcProtocol  # RpcProtocol: the Connector alias names it
 from msrpc.registry.interface import IRegistry
 from msrpc.resolver import Resolver, ServiceView
 from msrpc.sweep import CLIENT_KEEPALIVE, KeepaliveSettings, Sweeper
@@ -56,6 +57,15 @@ class RetryPolicy:
 
 #: Errors after which an idempotent call may run again elsewhere (it may have run once).
 IDEMPOTENT_RETRY = (ConnectionLost, Unavailable)
+
+
+class CallChannel(TypingProtocol):
+    """Where an attempt was sent: a multiplexed ``RpcProtocol``, or a dialect's exchange
+    (``msrpc.msgo.client``).  The client only ever sends on it and forgets calls."""
+
+    def send_call(self, call: Any) -> int: ...
+
+    def forget(self, rid: int, tell_peer: bool = True) -> Any: ...
 
 
 #: Deferred.__init__ only sets these two attributes (so Call may set them itself).
@@ -97,7 +107,7 @@ class Call(Deferred):  # type: ignore[type-arg]
     idempotent: Optional[bool] = None
     attempts = 0
     tried: Optional[set[Endpoint]] = None
-    protocol: Optional[RpcProtocol] = None
+    protocol: Optional[CallChannel] = None
     rid = 0
     endpoint: Optional[Endpoint] = None
     retry_timer: Optional[IDelayedCall] = None
@@ -229,9 +239,19 @@ class Client:
                  pool: PoolSettings = PoolSettings(),
                  settings: Optional[ProtocolSettings] = None,
                  ejection: EjectionPolicy = EjectionPolicy(),
+                 dialect: Optional[str | Mapping[str, str]] = None,
+                 gob_registry: Any = None,
                  observers: Sequence[Any] = ()) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        for name in ([dialect] if isinstance(dialect, str) else (dialect or {}).values()):
+            if name not in DIALECTS:
+                raise ValueError(f"unknown dialect {name!r}; choose {' or '.join(DIALECTS)}")
+        #: The dialect each service speaks when its instances do not say (``"msgo"``...).
+        self.dialects = dialect
+        self._dialects: dict[str, Any] = {}
+        #: Go names ↔ classes for msgo calls (None: ``msrpc.gob.default_registry``).
+        self.gob_registry = gob_registry
         self.reactor = reactor
         self.registry = registry
         self.timeout = timeout
@@ -257,7 +277,7 @@ class Client:
                           tls=self.tls is not None)
         self._multi_connection = pool.connections_per_endpoint > 1
         self._seconds = reactor.seconds
-        self._resolver = Resolver(registry, self._pool, self._balancer_for)
+        self._resolver = Resolver(registry, self._pool, self._balancer_for, self._dialect_for)
         self._views = self._resolver.views
         self._timeout_ms = int(timeout * 1000)
         self._deadlines: Deadlines[Call] = Deadlines(reactor, self._expired)
@@ -274,6 +294,26 @@ class Client:
         if not isinstance(choice, str):
             choice = choice.get(service) or choice.get("*") or "weighted_random"
         return make_balancer(choice)
+
+    def _dialect_for(self, service: str) -> Optional[str]:
+        choice = self.dialects
+        if choice is not None and not isinstance(choice, str):
+            choice = choice.get(service) or choice.get("*")
+        return choice
+
+    def _dialect(self, name: str) -> Any:
+        """The client side of a dialect (created on first use); None: msrpc's own."""
+        found = self._dialects.get(name)
+        if found is None and name == MSGO:
+            from msrpc.msgo.client import MsgoDialect
+            found = self._dialects[name] = MsgoDialect(
+                self.reactor, self._pool.connector, self._pool.settings.connect_timeout,
+                self.gob_registry)
+        elif found is None and name not in DIALECTS:
+            self.log.warn("ignoring unknown dialect {dialect!r} in instance metadata",
+                          dialect=name)
+            self._dialects[name] = found = False
+        return found or None
 
     # ------------------------------------------------------------------ public API
 
@@ -359,6 +399,9 @@ class Client:
         self.closed = True
         self._resolver.close()
         self._health.stop()
+        for dialect in self._dialects.values():
+            if dialect:
+                dialect.close()
         d = self._pool.close()
         self._deadlines.clear()
         self._sweeper.stop()
@@ -392,11 +435,13 @@ class Client:
             self._send(call, protocol, endpoint)
             return
         call.endpoint = endpoint
-        endpoint.connect().addCallbacks(self._connected, self._connect_failed,
-                                        callbackArgs=(call, endpoint),
-                                        errbackArgs=(call, endpoint))
+        dialect = self._dialect(endpoint.dialect) if endpoint.dialect is not None else None
+        # A dialect's instance gets a connection of its own per call (msgo's way).
+        connected = endpoint.connect() if dialect is None else dialect.connect(endpoint)
+        connected.addCallbacks(self._connected, self._connect_failed,
+                               callbackArgs=(call, endpoint), errbackArgs=(call, endpoint))
 
-    def _connected(self, protocol: RpcProtocol, call: Call, endpoint: Endpoint) -> None:
+    def _connected(self, protocol: CallChannel, call: Call, endpoint: Endpoint) -> None:
         if not call.done:
             self._send(call, protocol, endpoint)
 
@@ -405,7 +450,7 @@ class Client:
         call.attempts += 1
         self._failed(call, failure.value)
 
-    def _send(self, call: Call, protocol: RpcProtocol, endpoint: Endpoint) -> None:
+    def _send(self, call: Call, protocol: CallChannel, endpoint: Endpoint) -> None:
         call.endpoint = endpoint
         call.attempts += 1
         if call.attempts > 1:

@@ -135,6 +135,11 @@ class ConnectionLost(ClientError):
     """The connection dropped with the call in flight: it may or may not have run."""
 
 
+class MsgoDropped(ConnectionLost):
+    """A Go msgo server closed the connection without answering: msgo does that when the
+    method does not exist or an argument is not of the Go type the method takes."""
+
+
 class CallTimeout(DeadlineExceeded):
     """The client gave up waiting (its own deadline); the call may still have run."""
 
@@ -183,7 +188,8 @@ class RegistryAuthError(RegistryError):
 __all__ = [
     "OK", "MsrpcError", "RpcError", "BadRequest", "Unauthorized", "NotFound",
     "DeadlineExceeded", "RemoteError", "Unavailable", "RateLimited", "error_from_code",
-    "ClientError", "NoInstances", "ConnectError", "ConnectionLost", "CallTimeout",
+    "ClientError", "NoInstances", "ConnectError", "ConnectionLost", "MsgoDropped",
+    "CallTimeout",
     "DecodeError", "EncodeError", "FrameError",
     "RegistryError", "RegistryUnavailable", "RegistryAuthError",
 ]

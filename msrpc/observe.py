@@ -246,23 +246,36 @@ class ObservedProtocol(RpcProtocol):
 
     def refuse(self, rid: int, ser: int, code: int, data: Any = None, msg: str = "",
                details: Any = None) -> None:
+        self.note_refusal(rid, code)
+        self.reply(rid, ser, code, data, msg, details)
+
+    def note_refusal(self, rid: int, code: int) -> None:
+        """Why request ``rid`` is refused (a dialect refusing in its own framing, such as
+        ``msrpc.msgo.server``, notes it here too)."""
         call = self.observed.get(rid)
         if call is None:  # refused before its method was known
             call = self.observed[rid] = ServerCall(self.peer, OTHER, OTHER, None,
                                                    self._seconds(), 0)
         draining = code == 503 and getattr(self.dispatcher, "draining", False)
         call.refused = "draining" if draining else REFUSAL_REASONS.get(code, str(code))
-        self.reply(rid, ser, code, data, msg, details)
 
     def _send_response(self, ser: int, rid: int, code: int, body: bytes) -> int:
         size = RpcProtocol._send_response(self, ser, rid, code, body)
+        self._answered(rid, code, size)
+        return size
+
+    def send_response_frame(self, rid: int, code: int, frame: bytes) -> int:
+        size = RpcProtocol.send_response_frame(self, rid, code, frame)
+        self._answered(rid, code, size)
+        return size
+
+    def _answered(self, rid: int, code: int, size: int) -> None:
         call = self.observed.pop(rid, None)
         if call is not None:
             call.code = code
             call.bytes_out = size
             call.duration = self._seconds() - call.started
             self._finished(call)
-        return size
 
     def call_cancelled(self, rid: int) -> None:
         self._unanswered(rid)  # the server answers a cancelled call with nothing

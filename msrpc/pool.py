@@ -50,7 +50,7 @@ class Endpoint:
 
     __slots__ = ("pool", "key", "host", "port", "protocols", "protocol", "_connecting",
                  "failures", "retry_at", "references", "closing", "ejected_until",
-                 "ejections", "strikes", "probation", "tls_required")
+                 "ejections", "strikes", "probation", "tls_required", "dialect")
 
     def __init__(self, pool: "Pool", host: str, port: int) -> None:
         self.pool = pool
@@ -72,6 +72,9 @@ class Endpoint:
         self.probation = False
         #: The instance advertises TLS (metadata tls=1): never talk to it in clear.
         self.tls_required = False
+        #: The protocol dialect it speaks when not msrpc's own (``"msgo"``): calls then
+        #: go through that dialect instead of this endpoint's connections.
+        self.dialect: Optional[str] = None
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.host}:{self.port} conns={len(self.protocols)}>"
@@ -210,13 +213,15 @@ class Pool:
         self.tls = tls
         self.endpoints: dict[Key, Endpoint] = {}
 
-    def acquire(self, host: str, port: int, tls_required: bool = False) -> Endpoint:
+    def acquire(self, host: str, port: int, tls_required: bool = False,
+                dialect: Optional[str] = None) -> Endpoint:
         """The endpoint for an address a service lists (shared between services)."""
         key = (host, port)
         endpoint = self.endpoints.get(key)
         if endpoint is None:
             endpoint = self.endpoints[key] = Endpoint(self, host, port)
         endpoint.tls_required = tls_required
+        endpoint.dialect = dialect
         endpoint.closing = False
         endpoint.references += 1
         return endpoint

@@ -243,7 +243,11 @@ class RpcProtocol(Protocol):
         if mtype == RESPONSE:
             call = self._pending.pop(rid, None)
             if call is None:
-                return  # the call already timed out or was cancelled
+                if rid != 0 or len(self._pending) != 1:
+                    return  # the call already timed out or was cancelled
+                # msgo answers some errors ("no service found") with request id 0: with
+                # one call in flight (msgo's one call per connection) it is that call's.
+                _, call = self._pending.popitem()
             try:
                 if comp == _NONE:
                     payload = self._codecs[ser].decode(body)
@@ -345,6 +349,13 @@ class RpcProtocol(Protocol):
     def outstanding(self) -> int:
         """Calls sent on this connection and not yet answered."""
         return len(self._pending)
+
+    def send_response_frame(self, rid: int, code: int, frame: bytes) -> int:
+        """Write the response to ``rid`` built elsewhere, whole (a dialect's, see
+        ``msrpc.msgo.server``); observed connections read ``code`` here.  Returns the
+        frame's size."""
+        self._write(frame)
+        return len(frame)
 
     def send_ping(self) -> None:
         self._write(encode_frame(PING, _NONE, self.settings.serializer, 0))

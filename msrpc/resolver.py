@@ -19,7 +19,7 @@ from msrpc.balance import Balancer, Member
 from msrpc.errors import NoInstances
 from msrpc.observe import registry_events
 from msrpc.pool import Endpoint, Pool
-from msrpc.registry.instance import ServiceInstance
+from msrpc.registry.instance import DIALECT_KEY, ServiceInstance
 from msrpc.registry.interface import IRegistry, IWatch
 
 
@@ -29,11 +29,14 @@ class ServiceView:
     log = Logger()
 
     def __init__(self, service: str, pool: Pool, balancer: Balancer,
-                 registry_name: str) -> None:
+                 registry_name: str, dialect: Optional[str] = None) -> None:
         self.service = service
         self.pool = pool
         self.balancer = balancer
         self.registry_name = registry_name
+        #: The dialect the client was told this service speaks (None: as its instances'
+        #: metadata says).
+        self.dialect = dialect
         self.instances: list[ServiceInstance] = []
         self.members: list[Member] = []
         self.ready = False
@@ -74,7 +77,8 @@ class ServiceView:
             member = old.pop(((instance.host, instance.port), instance), None)
             if member is None:
                 member = Member(instance, self.pool.acquire(
-                    instance.host, instance.port, instance.metadata.get("tls") == "1"))
+                    instance.host, instance.port, instance.metadata.get("tls") == "1",
+                    self.dialect or instance.metadata.get(DIALECT_KEY)))
             members.append(member)
         for gone in old.values():
             self.pool.release(gone.endpoint)
@@ -124,10 +128,12 @@ class Resolver:
     log = Logger()
 
     def __init__(self, registry: IRegistry, pool: Pool,
-                 balancer_for: Callable[[str], Balancer]) -> None:
+                 balancer_for: Callable[[str], Balancer],
+                 dialect_for: Callable[[str], Optional[str]] = lambda service: None) -> None:
         self.registry = registry
         self.pool = pool
         self.balancer_for = balancer_for
+        self.dialect_for = dialect_for
         #: Ready views, read by the client's hot path.
         self.views: dict[str, ServiceView] = {}
         self._pending: dict[str, ServiceView] = {}
@@ -141,7 +147,7 @@ class Resolver:
         if view is not None:
             return view.wait()
         view = ServiceView(service, self.pool, self.balancer_for(service),
-                           getattr(self.registry, "name", "?"))
+                           getattr(self.registry, "name", "?"), self.dialect_for(service))
         self._pending[service] = view
         d = view.wait()
         self.registry.lookup(service).addCallbacks(

@@ -57,6 +57,7 @@ class ServerLimits:
 
 
 _NO_COMPRESSION = compress.NONE
+_GOB = int(Serializer.GOB)
 _NUMBERS = frozenset({int, float})
 _NO_ARGS: list[Any] = []
 _NO_KWARGS: dict[str, Any] = {}
@@ -109,8 +110,12 @@ class Dispatcher:
 
     def __init__(self, clock: IReactorTime, limits: ServerLimits = ServerLimits(),
                  tokens: Optional[Iterable[str]] = None,
-                 threads: Optional[Threads] = None, blocking: bool = False) -> None:
+                 threads: Optional[Threads] = None, blocking: bool = False,
+                 msgo: bool = True) -> None:
         self.clock = clock
+        #: Serve Go msgo clients (gob requests), see ``msrpc.msgo.server``.
+        self.msgo = msgo
+        self._msgo: Any = None
         self.limits = limits
         #: Runs the methods marked blocking (``msrpc.threads``); ``blocking`` is the
         #: default for plain handlers that do not say.
@@ -160,6 +165,10 @@ class Dispatcher:
 
     def request_received(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
                          body: bytes) -> None:
+        if ser == _GOB:  # a Go msgo client: the same checks and handler, msgo's framing
+            protocol = self._msgo_request(protocol)
+            if protocol is None:
+                return
         # The hot path: every check is a local compare until something is wrong.
         if self.draining:
             protocol.refuse(rid, ser, 503, msg="server is shutting down")
@@ -246,6 +255,18 @@ class Dispatcher:
             deadline = (now + remaining / 1000.0  # type: ignore[operator]  # a number
                         if remaining is not None else None)
             self._track(protocol, rid, ser, method, result, deadline)
+
+    def _msgo_request(self, protocol: RpcProtocol) -> Any:
+        """The view a msgo request is served through, or None when msgo is off."""
+        if not self.msgo:
+            self.log.warn("closing connection from {peer}: gob (msgo) requests are not "
+                          "served here", peer=protocol.peer)
+            protocol.abort()
+            return None
+        if self._msgo is None:
+            from msrpc.msgo.server import MsgoServer
+            self._msgo = MsgoServer(self)
+        return self._msgo.view(protocol)
 
     def _run_on_thread(self, protocol: RpcProtocol, rid: int, ser: int, method: Method,
                        args: Any, kwargs: Any, now: float, remaining: Any) -> None:
@@ -484,7 +505,8 @@ class Server(Service):
                  check_types: bool = True, tls: Optional[TLSFiles] = None,
                  threads: ThreadSettings = ThreadSettings(),
                  thread_pool: Optional[Pool] = None,
-                 observers: Sequence[Any] = (), health: bool = True) -> None:
+                 observers: Sequence[Any] = (), health: bool = True,
+                 msgo: bool = True) -> None:
         self.reactor = reactor
         self.listen = listen
         self.registry = registry
@@ -501,7 +523,8 @@ class Server(Service):
                              "wrapping it in TLS again would fail every call")
         if self.tls is not None or tls_endpoint:
             self.metadata.setdefault("tls", "1")  # clients must not talk to us in clear
-        self.dispatcher = Dispatcher(reactor, limits, tokens, blocking=threads.blocking)
+        self.dispatcher = Dispatcher(reactor, limits, tokens, blocking=threads.blocking,
+                                     msgo=msgo)
         self.dispatcher.run_coroutine = coroutine_runner(reactor)
         self.thread_settings = threads
         self._thread_pool = thread_pool

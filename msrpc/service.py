@@ -10,6 +10,7 @@ caller sending a ``str`` where an ``int`` is declared gets a 400, not a crash de
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import inspect
 import types
 import typing
@@ -108,6 +109,9 @@ _SIMPLE: dict[Any, tuple[type, ...]] = {
 }
 
 
+_NUMBERS_AND_TEXT = (int, float, complex, str, bytes)
+
+
 def _accepted(hint: Any) -> Optional[tuple[type, ...]]:
     """The runtime types a hint allows, or None when it cannot be checked cheaply."""
     if hint in _SIMPLE:
@@ -125,6 +129,12 @@ def _accepted(hint: Any) -> Optional[tuple[type, ...]]:
         return tuple(accepted)
     if origin in _SIMPLE:
         return _SIMPLE[origin]
+    if isinstance(hint, type) and not issubclass(hint, enum.Enum):
+        for base in _NUMBERS_AND_TEXT:
+            if issubclass(hint, base):
+                # A subclass (msrpc.gob.Int64...) travels as its base over msgpack and
+                # JSON: the base is what arrives.
+                return _SIMPLE[base]
     if isinstance(hint, type) and hint.__module__ not in ("typing", "builtins"):
         return (hint,)  # dataclasses, attrs classes, enums: arrive as that class
     return None

@@ -12,6 +12,7 @@ bytes                       base64 string (as protobuf's JSON mapping and Go's
                             ``encoding/json`` print bytes)
 datetime, date, time        ISO 8601 string (``2024-05-01T12:00:00+00:00``)
 timedelta                   seconds, as a number
+int and float subclasses    the number (Go's ``msrpc.gob.Int64``...); complex: ``"(1+2j)"``
 UUID, Decimal               string (a Decimal keeps every digit)
 registered class            object: ``"$type"`` (its registered name), then its fields
 registered Enum member      its value
@@ -66,6 +67,10 @@ def readable(value: Any, registry: TypeRegistry = default_registry) -> Any:
         return readable(value.value, registry)
     if isinstance(value, enum.Enum):
         return readable(value.value, registry)
+    if isinstance(value, (int, float)):  # a subclass, such as Go's msrpc.gob.Int64
+        return int(value) if isinstance(value, int) else float(value)
+    if isinstance(value, complex):
+        return str(complex(value))
     entry = registry.entry_for_type(cls)
     if entry is not None:
         return {"$type": entry.name, **readable(entry.take_apart(value), registry)}

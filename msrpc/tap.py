@@ -26,6 +26,7 @@ from msrpc.balance import make_balancer
 from msrpc.client import Client, RetryPolicy
 from msrpc.codec import Limits, make_codecs
 from msrpc.limits import parse_rate
+from msrpc.msgo import parse_dialect_option
 from msrpc.protocol import ProtocolSettings
 from msrpc.registry.options import check_registry_options, make_registry, registry_parameters
 from msrpc.server import Server, ServerLimits, is_tls_endpoint
@@ -163,6 +164,7 @@ class ServerOptions(usage.Options):
     optFlags = [
         ["blocking", None, "Run every plain (non-async) handler on the handler threads, "
                            "unless it says @expose(blocking=False)."],
+        ["no-msgo", None, "Do not answer Go msgo clients (gob requests) on this port."],
         ["no-metrics", None, "No Prometheus metrics, even with --admin and "
                              "prometheus_client installed."],
         ["access-log", None, "Log one structured event per call (service, method, code, "
@@ -176,6 +178,7 @@ class ServerOptions(usage.Options):
         self["method-rates"] = {}
         self["balancers"] = {}
         self["idempotent"] = []
+        self["dialects"] = {}
 
     def parseOptions(self, options: Optional[Sequence[str]] = None) -> None:
         #: The arguments as given: a supervisor starts its workers with the same ones.
@@ -192,6 +195,15 @@ class ServerOptions(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["balancers"][service if sep else "*"] = name
+
+    def opt_dialect(self, spec: str) -> None:
+        """[SERVICE=]NAME  The protocol a service the shared client calls speaks when its
+        instances do not say: msgo (a Go msgo service) or msrpc (repeatable)."""
+        try:
+            service, name = parse_dialect_option(spec)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self["dialects"][service] = name
 
     def opt_idempotent(self, spec: str) -> None:
         """SERVICE.METHOD  The shared client may retry this method after it possibly ran
@@ -447,6 +459,7 @@ def make_server(options: usage.Options, reactor: Any,
                     retry=RetryPolicy(max_attempts=options["retries"] + 1),
                     tls=TLSFiles(options["call-tls-ca"], options["call-tls-cert"],
                                  options["call-tls-key"]),
+                    dialect=options["dialects"] or None,
                     observers=observers.client)
     rate = options["rate"] or (0.0, None)
     limits = ServerLimits(max_in_flight=options["max-in-flight"],
@@ -468,6 +481,7 @@ def make_server(options: usage.Options, reactor: Any,
                     threads=ThreadSettings(size=options["threads"],
                                            queue=options["thread-queue"],
                                            blocking=bool(options["blocking"])),
+                    msgo=not options["no-msgo"],
                     observers=observers.server)
     services = options["services"]
     if not services:

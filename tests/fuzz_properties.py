@@ -1,6 +1,6 @@
 """
 Properties of the parts of msrpc that read bytes from peers: the frame parser (``wire``),
-body decompression (``compress``) and the codecs (``codec``).
+body decompression (``compress``) and the codecs (``codec``, and ``gob`` for msgo peers).
 
 Each property is a plain check function paired with the hypothesis strategy that feeds it
 (a :class:`Property`), so the same properties run in two places without copies: briefly and
@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 import uuid
-from typing import Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import attr
 import msgpack
@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from msrpc import compress
+from msrpc import compress, gob
 from msrpc.codec import JsonCodec, Limits, MsgpackCodec, TypeRegistry, _nests_within
 from msrpc.errors import DecodeError, EncodeError, FrameError
 from msrpc.wire import HEADER, HEADER_SIZE, MAGIC, VERSION, FrameParser, encode_frame
@@ -807,6 +807,208 @@ MSGPACK_LIMITS = Property("codec.msgpack_limits", _limits_cases(msgpack_values),
 JSON_LIMITS = Property("codec.json_limits", _limits_cases(json_values), check_json_limits)
 
 
+# =========================================================================== gob
+
+#: The Go structs these properties send; a registry of their own, as the peer would have.
+GOB_REGISTRY = gob.GobRegistry()
+
+
+@GOB_REGISTRY.register("*fuzz.Item")
+@dataclass
+class GoItem:
+    """A Go struct with a field of every kind; ``Next`` makes it recursive."""
+
+    Id: gob.Int64 = gob.Int64(0)
+    Name: str = ""
+    Ok: bool = False
+    Ratio: gob.Float32 = gob.Float32(0)
+    Raw: bytes = b""
+    Tags: list[str] = field(default_factory=list)
+    Counts: dict[str, gob.Uint16] = field(default_factory=dict)
+    Pair: Annotated[list[int], gob.array_of(gob.INT, 2)] = field(default_factory=lambda: [0, 0])
+    When: Optional[dt.datetime] = None
+    Data: Any = None
+    Next: Optional["GoItem"] = None
+
+
+@GOB_REGISTRY.register("fuzz.Key")
+@dataclass(frozen=True)
+class GoKey:
+    """Hashable, so it can key a Go map."""
+
+    A: int = 0
+    B: str = ""
+
+
+_GOB_INTS = {go: st.integers(*gob.types.int_range(go)).map(go.value_class or int)
+             for go in (gob.INT, gob.INT8, gob.INT16, gob.INT32, gob.INT64, gob.UINT,
+                        gob.UINT8, gob.UINT16, gob.UINT32, gob.UINT64)}
+#: Aware datetimes Go can hold and Python can read back: an offset of exactly -1 minute is
+#: one Go refuses to send.
+_GOB_TIMES = _AWARE_DATETIMES.filter(lambda t: t.utcoffset() != -dt.timedelta(minutes=1))
+_GOB_BASICS: dict[gob.GoType, SearchStrategy[Any]] = {
+    **_GOB_INTS,
+    gob.BOOL: st.booleans(),
+    gob.FLOAT64: st.floats(allow_nan=False),
+    gob.FLOAT32: st.floats(width=32, allow_nan=False).map(gob.Float32),
+    gob.COMPLEX128: st.complex_numbers(allow_nan=False),
+    gob.COMPLEX64: st.complex_numbers(width=64, allow_nan=False).map(gob.Complex64),
+    gob.STRING: st.text(max_size=12),
+    gob.BYTES: st.binary(max_size=12),
+    gob.TIME: _GOB_TIMES,
+}
+#: Key types of Go maps, as Python sees them: hashable, and no 0.0 beside -0.0.
+_GOB_KEYS = [gob.INT, gob.INT64, gob.UINT8, gob.STRING, gob.BOOL, gob.BYTES,
+             GOB_REGISTRY.struct_for(GoKey)]
+
+
+def gob_types(depth: int = 2) -> SearchStrategy[gob.GoType]:
+    """Go types: the basics, registered structs, and slices, arrays, maps of them."""
+    leaves = st.sampled_from([*_GOB_BASICS, gob.INTERFACE,
+                              GOB_REGISTRY.struct_for(GoItem), GOB_REGISTRY.struct_for(GoKey)])
+    if depth == 0:
+        return leaves
+    inner = gob_types(depth - 1)
+    return st.one_of(
+        leaves, inner.map(gob.types.slice_type),
+        st.builds(gob.Array, inner, st.integers(0, 3)),
+        st.builds(gob.Map, st.sampled_from(_GOB_KEYS), inner))
+
+
+def gob_values(go: gob.GoType, depth: int = 2) -> SearchStrategy[Any]:
+    """Python values of the Go type ``go``, as a decoder gives them back."""
+    if go in _GOB_BASICS:
+        return _GOB_BASICS[go]
+    if go is gob.INTERFACE:
+        if depth == 0:
+            return st.none()
+        return st.none() | gob_types(depth - 1).flatmap(
+            lambda inner: gob_values(inner, depth - 1).map(lambda v: gob.typed(v, inner)))
+    if isinstance(go, gob.Slice):
+        return st.lists(gob_values(go.elem, depth), max_size=4)
+    if isinstance(go, gob.Array):
+        return st.lists(gob_values(go.elem, depth), min_size=go.length, max_size=go.length)
+    if isinstance(go, gob.Map):
+        return st.dictionaries(gob_values(go.key, 0), gob_values(go.elem, depth), max_size=3)
+    if go.name == "fuzz.Key":
+        return st.builds(GoKey, _GOB_INTS[gob.INT], st.text(max_size=6))
+    next_items = st.none() if depth == 0 else st.none() | st.deferred(
+        lambda: gob_values(go, depth - 1))
+    return st.builds(
+        GoItem, _GOB_INTS[gob.INT64], st.text(max_size=8), st.booleans(),
+        _GOB_BASICS[gob.FLOAT32], st.binary(max_size=6), st.lists(st.text(max_size=4),
+                                                                   max_size=3),
+        st.dictionaries(st.text(max_size=4), _GOB_INTS[gob.UINT16], max_size=2),
+        st.lists(_GOB_INTS[gob.INT], min_size=2, max_size=2), st.none() | _GOB_TIMES,
+        gob_values(gob.INTERFACE, depth), next_items)
+
+
+#: (Go type, value) pairs.  Go never sends an interface at the top level, only inside.
+gob_cases = gob_types().filter(lambda go: go is not gob.INTERFACE).flatmap(
+    lambda go: st.tuples(st.just(go), gob_values(go)))
+
+
+def gob_same(a: Any, b: Any) -> bool:
+    """:func:`same`, for what gob gives back: a value sent as some Go type (``typed``)
+    comes back as the plain value, and a zero float may lose its sign (Go leaves zero
+    fields out, -0.0 too)."""
+    if isinstance(a, gob.Typed):
+        return gob_same(a.value, b)
+    if isinstance(a, float) and a == 0 and type(a) is type(b):
+        return b == 0
+    if isinstance(a, complex) and type(a) is type(b):
+        return a == b
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(gob_same, a, b))
+    if isinstance(a, dict):
+        return type(a) is type(b) and len(a) == len(b) and all(
+            gob_same(ka, kb) and gob_same(va, vb)
+            for (ka, va), (kb, vb) in zip(a.items(), b.items()))
+    names = _fields(a)
+    if names is not None:
+        return type(a) is type(b) and all(gob_same(getattr(a, n), getattr(b, n))
+                                          for n in names)
+    return same(a, b)
+
+
+def check_gob_round_trip(case: tuple[gob.GoType, Any]) -> str:
+    """Every value of every Go type comes back equal, with its Go types (value classes,
+    registered structs), through the stream Go itself would write."""
+    go, value = case
+    data = gob.encode(value, go, registry=GOB_REGISTRY)
+    back = gob.decode(data, go, registry=GOB_REGISTRY)
+    assert gob_same(value, back), back
+    return f"{go.kind}"
+
+
+def _gob_hostile_streams() -> SearchStrategy[bytes]:
+    valid = gob_cases.map(lambda case: gob.encode(case[1], case[0], registry=GOB_REGISTRY))
+    return st.one_of(st.binary(max_size=64), _mutated(valid))
+
+
+#: What a decoder may hand back from gob bytes: plain values, Go value classes, registered
+#: structs, and the bytes of Go-marshalled values it cannot read.
+_GOB_BUILT: tuple[type, ...] = (
+    type(None), bool, int, float, complex, str, bytes, list, tuple, dict, dt.datetime,
+    gob.GobEncoded, GoItem, GoKey, *(t.value_class for t in _GOB_BASICS
+                                     if isinstance(t, gob.Basic) and t.value_class))
+
+
+def check_gob_hostile_decode(data: bytes) -> str:
+    """Any bytes decode to plain values and registered structs, or a ``DecodeError``; a
+    value accepted can be sent back as it came (as a Go interface{}: structs not declared
+    come back as maps) and reads the same."""
+    try:
+        value = gob.decode(data, registry=GOB_REGISTRY)
+    except DecodeError:
+        return "DecodeError"
+    for obj in _walk(value):
+        assert type(obj) in _GOB_BUILT, type(obj)
+    if any(isinstance(obj, gob.GobEncoded) for obj in _walk(value)):
+        # Bytes Go marshalled itself carry only their definition's name, not the name
+        # an interface would need: they cannot be sent back as they are.
+        return "decoded, with Go-marshalled bytes"
+    try:
+        again = gob.encode(gob.typed(value, gob.INTERFACE) if value is not None else 0,
+                           registry=GOB_REGISTRY)
+    except EncodeError:
+        return "decoded, not sendable as it is"  # e.g. a map with keys of mixed types
+    assert value is None or gob_same(value, gob.decode(again, registry=GOB_REGISTRY))
+    return "decoded"
+
+
+@dataclass(frozen=True)
+class GobLimitsCase:
+    limits: Limits
+    data: bytes
+
+
+def check_gob_limits(case: GobLimitsCase) -> str:
+    """Nothing beyond the limits is ever accepted: every container, string and bytes value
+    of a decoded value is within them, and it nests no deeper than they allow."""
+    try:
+        value = gob.decode(case.data, registry=GOB_REGISTRY, limits=case.limits)
+    except DecodeError:
+        return "refused"
+    found = extents(value, envelopes=False)
+    limits = case.limits
+    assert found.container <= limits.max_container_len, found
+    assert found.string <= limits.max_str_len and found.binary <= limits.max_bin_len, found
+    # A struct at the top is not nested in anything; the decoder counts from inside it.
+    assert found.depth <= limits.max_depth + 1, found
+    return "within the limits, decoded"
+
+
+GOB_ROUND_TRIP = Property("gob.round_trip", gob_cases, check_gob_round_trip)
+GOB_HOSTILE = Property("gob.hostile", _gob_hostile_streams(), check_gob_hostile_decode)
+GOB_LIMITS = Property("gob.limits", st.builds(
+    GobLimitsCase,
+    st.builds(Limits, max_depth=st.integers(1, 4), max_container_len=st.integers(1, 4),
+              max_str_len=st.integers(1, 8), max_bin_len=st.integers(1, 8)),
+    gob_cases.map(lambda case: gob.encode(case[1], case[0], registry=GOB_REGISTRY))),
+    check_gob_limits)
+
+
 @dataclass(frozen=True)
 class WalkCase:
     max_depth: int
@@ -838,4 +1040,5 @@ PROPERTIES: tuple[Property, ...] = (
     COMPRESSED_ROUND_TRIP, TRUNCATED_BODY, HOSTILE_BODY,
     MSGPACK_ROUND_TRIP, JSON_ROUND_TRIP, UNENCODABLE, MSGPACK_HOSTILE, JSON_HOSTILE,
     MSGPACK_LIMITS, JSON_LIMITS, NESTING_WALK,
+    GOB_ROUND_TRIP, GOB_HOSTILE, GOB_LIMITS,
 )

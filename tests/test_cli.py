@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from msrpc import __version__, cli
@@ -130,6 +131,22 @@ class CliTests(CliCase):
     def test_arguments_parse_as_json_or_text(self) -> None:
         self.assertEqual([cli.parse_arg(a) for a in ("1", "1.5", "true", "[1]", "x y")],
                          [1, 1.5, True, [1], "x y"])
+
+    def test_go_conversions_of_numbers_give_go_typed_arguments(self) -> None:
+        parsed = [cli.parse_arg(a) for a in ("int64(7)", "uint8(255)", "float32(0.1)",
+                                             "int(-1)", "int64", "myint64(7)")]
+        self.assertEqual([(type(v).__name__, v) for v in parsed],
+                         [("Int64", 7), ("Uint8", 255), ("Float32", 0.10000000149011612),
+                          ("Int", -1), ("str", "int64"), ("str", "myint64(7)")])
+        self.assertRaises(usage.UsageError, cli.parse_arg, "uint8(256)")
+        self.assertRaises(usage.UsageError, cli.parse_arg, "int64(x)")
+
+    def test_dialect_options_name_a_protocol_per_service_or_for_all(self) -> None:
+        options = cli.CallOptions()
+        options.parseOptions(["--dialect", "goods=msgo", "--dialect", "msrpc", "goods.Find"])
+        self.assertEqual(options["dialects"], {"goods": "msgo", "*": "msrpc"})
+        self.assertRaises(usage.UsageError, cli.CallOptions().parseOptions,
+                          ["--dialect", "goods=grpc", "goods.Find"])
 
     @defer.inlineCallbacks
     def test_bench_runs_the_asked_number_of_calls_and_reports(self):  # type: ignore[no-untyped-def]

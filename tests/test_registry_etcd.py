@@ -410,11 +410,11 @@ class LookupTests(EtcdCase):
         self.register(ServiceInstance(service="arithmetic", host="h", port=1))
         self.assertEqual(self.successResultOf(self.registry.lookup("arith")), [ARITH])
 
-    def test_lookup_reads_msgo_plain_host_port_key(self) -> None:
+    def test_lookup_reads_msgo_plain_host_port_key_as_a_msgo_instance(self) -> None:
         self.fake.put_raw("arith", "127.0.0.1:9112")
         instances = self.successResultOf(self.registry.lookup("arith"))
-        self.assertEqual([(i.service, i.host, i.port) for i in instances],
-                         [("arith", "127.0.0.1", 9112)])
+        self.assertEqual([(i.service, i.host, i.port, i.metadata) for i in instances],
+                         [("arith", "127.0.0.1", 9112, {"dialect": "msgo"})])
 
     def test_lookup_reads_both_layouts_in_one_transaction(self) -> None:
         self.fake.put_raw("arith", "127.0.0.1:9000")

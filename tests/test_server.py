@@ -263,8 +263,8 @@ class ErrorCodeTests(TestCase):
 
     def test_400_unsupported_serializer(self) -> None:
         h = Harness(self)
-        h.raw(1, b"\x00", ser=int(Serializer.GOB))
-        self.assertCode(h, 1, 400, "unsupported serializer id 0")
+        h.raw(1, b"\x00", ser=int(Serializer.PROTOBUF))
+        self.assertCode(h, 1, 400, "unsupported serializer id 1")
 
     def test_400_body_that_inflates_past_the_cap(self) -> None:
         h = Harness(self)

@@ -183,6 +183,16 @@ class ServiceTreeTests(TestCase):
         self.assertEqual(client.idempotent, {"echo.echo"})
         self.assertEqual((client.retry.max_attempts, client.timeout), (5, 2.5))
 
+    def test_msgo_is_served_unless_turned_off(self) -> None:
+        self.assertTrue(self.make().server.dispatcher.msgo)
+        self.assertFalse(self.make("--no-msgo").server.dispatcher.msgo)
+
+    def test_the_shared_client_is_told_which_services_speak_msgo(self) -> None:
+        client = self.make("--dialect", "goods=msgo").client
+        self.assertEqual((client._dialect_for("goods"), client._dialect_for("echo")),
+                         ("msgo", None))
+        self.assertRaises(usage.UsageError, self.make, "--dialect", "goods=corba")
+
     def test_with_workers_the_process_supervises_and_publishes_but_serves_nothing(
             self) -> None:
         from msrpc.workers import Supervisor

@@ -29,7 +29,7 @@ from msrpc.registry.etcd_api import (
     unb64)
 from msrpc.registry.etcd_watch import Listing, WatchHub
 from msrpc.registry.http import Endpoints, TLSFiles, make_http_client, make_pool
-from msrpc.registry.instance import ServiceInstance, parse_address
+from msrpc.registry.instance import DIALECT_KEY, ServiceInstance, parse_address
 from msrpc.registry.interface import (
     IRegistration, IRegistry, IServiceCatalog, IWatch, WatchCallback,
 )
@@ -235,7 +235,9 @@ class EtcdRegistry:
                 data.setdefault("service", service)
                 return ServiceInstance.from_dict(data)
             host, port = parse_address(raw)
-            return ServiceInstance(service=service, host=host, port=port)
+            # Only msgo writes this layout: its instances speak msgo's dialect.
+            return ServiceInstance(service=service, host=host, port=port,
+                                   metadata={DIALECT_KEY: "msgo"})
         except (ValueError, TypeError) as e:
             self.log.warn("ignoring unreadable etcd entry {key!r}: {error}",
                           key=key.decode("utf-8", "replace"), error=e)

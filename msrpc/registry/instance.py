@@ -9,6 +9,9 @@ from typing import Any, Mapping
 #: Metadata key under which a server lists the methods it declares idempotent
 #: (``@expose(idempotent=True)``), comma-separated, so clients may retry them.
 IDEMPOTENT_KEY = "idempotent"
+#: Metadata key naming the protocol dialect an instance speaks when it is not msrpc's own
+#: (``msgo``: a Go msgo server, see ``msrpc.msgo``).
+DIALECT_KEY = "dialect"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,3 @@
+module msgopeer
+
+go 1.19
