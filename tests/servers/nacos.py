@@ -485,10 +485,12 @@ class NacosServer:
         return str(result.json()["accessToken"])
 
     async def instances(self, service: str, groupName: str = "DEFAULT_GROUP",
-                        clusters: Sequence[str] = ("DEFAULT",)) -> list[dict[str, Any]]:
+                        clusters: Sequence[str] = ("DEFAULT",),
+                        healthy_only: bool = False) -> list[dict[str, Any]]:
         """
-        Nacos's own instance list, healthy or not, without our adapter: v1's (every cluster)
-        where v1 is on, else the v3 client API's (of ``clusters``; it cannot list all).
+        Nacos's own instance list (healthy or not, unless ``healthy_only``), without our
+        adapter: v1's (every cluster) where v1 is on, else the v3 client API's (of
+        ``clusters``; it cannot list all).
         """
         token = self.token_params(await self.admin_token())
         if self.v1:
@@ -496,13 +498,15 @@ class NacosServer:
                 "serviceName": service, "groupName": groupName, **token})
             if result.status != 200:
                 raise RuntimeError(f"instance list failed: {result!r}")
-            return list(result.json()["hosts"])
-        result = await http("GET", self.api + "/v3/client/ns/instance/list", {
-            "serviceName": service, "groupName": groupName, "clusterName": ",".join(clusters),
-            **token})
-        if result.status != 200 or result.json().get("code") != 0:
-            raise RuntimeError(f"instance list failed: {result!r}")
-        return list(result.json()["data"])
+            hosts = list(result.json()["hosts"])
+        else:
+            result = await http("GET", self.api + "/v3/client/ns/instance/list", {
+                "serviceName": service, "groupName": groupName,
+                "clusterName": ",".join(clusters), **token})
+            if result.status != 200 or result.json().get("code") != 0:
+                raise RuntimeError(f"instance list failed: {result!r}")
+            hosts = list(result.json()["data"])
+        return [h for h in hosts if h.get("healthy") or not healthy_only]
 
     def __repr__(self) -> str:
         state = f"pid {self._pid}" if self.running else "stopped"
