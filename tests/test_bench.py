@@ -230,3 +230,47 @@ class ScaleBenchTests(TestCase):
         self.assertAlmostEqual(rows["msrpc", 2]["scaling"], 1.9)
         self.assertAlmostEqual(rows["msrpc", 2]["vs_baseline"], 0.8)
         self.assertAlmostEqual(rows["msrpc", 2]["calls_per_core_s"], 80.0)
+
+    def test_workers_table_shows_each_rounds_connections_per_process(self) -> None:
+        from bench.workers import summarize as summarize_workers, table as workers_table
+        runs = [{"system": "msrpc", "workers": 2, "calls_per_s": rate, "server_cores": 1.0,
+                 "cpu_wait_cores": wait, "connections": split, "errors": 0}
+                for rate, wait, split in ((100.0, 0.5, [9, 7]), (120.0, 0.25, [12, 4]),
+                                          (90.0, 1.0, [8, 8]))]
+        [row] = summarize_workers(runs, ["msrpc"], [2])
+        self.assertEqual(row["cpu_wait_cores"], 0.5)
+        self.assertIn("9/7 12/4 8/8", workers_table([row], 2))
+
+    def test_established_connections_are_counted_per_process_holding_them(self) -> None:
+        import os
+        import socket
+        from bench.workers import _established_inodes, _sockets_of
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(client.close)
+        accepted, _ = listener.accept()
+        self.addCleanup(accepted.close)
+        inodes = _established_inodes(port)
+        self.assertEqual(inodes, {os.fstat(accepted.fileno()).st_ino})  # not the client's
+        self.assertEqual(_sockets_of(os.getpid(), inodes), 1)
+
+    def test_each_systems_servers_share_one_session_of_their_own(self) -> None:
+        # With autogroup scheduling, CPU is shared between sessions: N baseline processes
+        # in N sessions would get N shares of a busy machine where msrpc's N workers,
+        # in their supervisor's session, get one.
+        import os
+        from bench.workers import ServerSide, _group_members
+        for system in ("baseline", "msrpc"):
+            server = ServerSide(system, 2, 0)
+            try:
+                members = _group_members(server.groups)
+                self.assertEqual(len(members), 3, system)  # the parent and 2 servers
+                sessions = {os.getsid(pid) for pid in members}
+                self.assertEqual(len(sessions), 1, system)
+                self.assertNotIn(os.getsid(0), sessions)
+                self.assertEqual(server.connections(), [0, 0])
+            finally:
+                server.stop()
+            self.assertEqual(_group_members(server.groups), {}, system)
