@@ -22,7 +22,7 @@ import functools
 import gc
 import struct
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import msgpack
 from twisted.internet import defer
@@ -57,15 +57,37 @@ class _Echo:
 clock: Callable[[], float] = time.perf_counter
 
 
-def _timed(rounds: int, prepare: Callable[[], Any], run: Callable[[Any], None]) -> float:
-    """Seconds spent in ``run`` over ``rounds`` rounds (``prepare`` is not timed)."""
+class Session(NamedTuple):
+    """One side, set up for ``batch`` calls per read.  ``prepare()`` makes the next
+    round's input (not measured; it may be called several rounds ahead), ``run(input)``
+    performs the round, ``check()`` raises unless every call run so far completed;
+    ``transport`` is what the side writes to (msrpc servers)."""
+
+    prepare: Callable[[], Any]
+    run: Callable[[Any], None]
+    check: Callable[[], None]
+    transport: Any = None
+
+
+class WallClock(Clock):
+    """A ``Clock`` that reads the time as a reactor does (``time.time``, one C call), so
+    the clock reads of the call path cost what they cost in production; its timers
+    (30 s deadlines) never come due and are never run."""
+
+    seconds = staticmethod(time.time)  # type: ignore[assignment]
+
+
+def _timed(rounds: int, session: Session) -> float:
+    """Seconds spent in ``session.run`` over ``rounds`` rounds (``prepare`` is not timed)."""
     total = 0.0
     now = clock
+    prepare, run = session.prepare, session.run
     for _ in range(rounds):
         state = prepare()
         started = now()
         run(state)
         total += now() - started
+    session.check()
     return total
 
 
@@ -92,7 +114,19 @@ def _split_length_prefixed(data: bytes) -> list[bytes]:
     return payloads
 
 
-def baseline_client(batch: int, rounds: int) -> float:
+def _check(condition: bool, problem: str) -> None:
+    """A measurement of calls that did not complete would measure nothing: refuse it."""
+    if not condition:
+        raise RuntimeError(problem)
+
+
+def _answered(replies: list[Any], batch: int, ok: Callable[[Any], bool], who: str) -> None:
+    """Every round since the transport was last cleared was answered, each call once."""
+    _check(bool(replies) and len(replies) % batch == 0 and all(map(ok, replies)),
+           f"{who} did not answer every request")
+
+
+def baseline_client_session(batch: int) -> Session:
     client, transport = EchoClient(), StringTransport()
     client.makeConnection(transport)
     next_id = [0]
@@ -109,18 +143,16 @@ def baseline_client(batch: int, rounds: int) -> float:
             client.call(VALUE)
         _feed(client, replies)
 
-    elapsed = _timed(rounds, prepare, run)
-    _check(not client._pending, "baseline replies did not match its calls")
-    return elapsed
+    def check() -> None:
+        _check(not client._pending, "baseline replies did not match its calls")
+
+    return Session(prepare, run, check)
 
 
-def _check(condition: bool, problem: str) -> None:
-    """A measurement of calls that did not complete would measure nothing: refuse it."""
-    if not condition:
-        raise RuntimeError(problem)
-
-
-def msrpc_client(batch: int, rounds: int, observers: Sequence[Any] = ()) -> float:
+def _connected_client(observers: Sequence[Any]) -> tuple[Any, Any, StringTransport]:
+    """An msrpc client whose one connection is a ``StringTransport``: its echo method,
+    that connection's protocol and transport.  One call is made (resolving and
+    connecting) and never answered: harmless."""
     held: dict[str, Any] = {}
 
     def connector(host: str, port: int, protocol: Any) -> "defer.Deferred[Any]":
@@ -128,15 +160,40 @@ def msrpc_client(batch: int, rounds: int, observers: Sequence[Any] = ()) -> floa
         protocol.makeConnection(held["transport"])
         return defer.succeed(protocol)
 
-    client = Client(Clock(), StaticRegistry({"echo": ["127.0.0.1:1"]}), timeout=30.0,
+    client = Client(WallClock(), StaticRegistry({"echo": ["127.0.0.1:1"]}), timeout=30.0,
                     connector=connector, observers=observers)
     echo = client.proxy("echo").echo
-    echo(VALUE)  # resolves and connects; never answered, harmless
-    protocol, transport = held["protocol"], held["transport"]
-    body = CODEC.encode({"code": 200, "msg": "", "data": VALUE})
+    echo(VALUE)
+    return echo, held["protocol"], held["transport"]
+
+
+def _bodies(data: bytes) -> list[bytes]:
+    bodies: list[bytes] = []
+    wire.FrameParser(lambda *frame: bodies.append(frame[-1])).feed(data)
+    return bodies
+
+
+def msrpc_request_body(observers: Sequence[Any] = ()) -> bytes:
+    """The echo request as msrpc's client writes it, with ``observers`` on (a trace
+    context, say): what the server side is fed."""
+    return _bodies(_connected_client(observers)[2].value())[0]
+
+
+def msrpc_reply_body() -> bytes:
+    """The echo reply as msrpc's server writes it: what the client side is fed."""
+    server = msrpc_server_session(1)
+    server.run(server.prepare())
+    return _bodies(server.transport.value())[-1]
+
+
+def msrpc_client_session(batch: int, observers: Sequence[Any] = ()) -> Session:
+    body = msrpc_reply_body()
+    echo, protocol, transport = _connected_client(observers)
+    next_rid = [protocol._next_rid]
 
     def prepare() -> list[bytes]:
-        first = protocol._next_rid
+        first = next_rid[0]
+        next_rid[0] += batch
         transport.clear()
         return _reads(b"".join(wire.encode_frame(wire.RESPONSE, 1, 2, first + i, body)
                                for i in range(batch)))
@@ -146,41 +203,57 @@ def msrpc_client(batch: int, rounds: int, observers: Sequence[Any] = ()) -> floa
             echo(VALUE)
         _feed(protocol, replies)
 
-    elapsed = _timed(rounds, prepare, run)
-    _check(protocol.outstanding == 1, "msrpc replies did not match its calls")  # warm-up
-    return elapsed
+    def check() -> None:
+        _check(protocol.outstanding == 1, "msrpc replies did not match its calls")  # warm-up
+
+    return Session(prepare, run, check)
 
 
-def baseline_server(batch: int, rounds: int) -> float:
+def baseline_server_session(batch: int) -> Session:
     server, transport = EchoServer(), StringTransport()
     server.makeConnection(transport)
     requests = _reads(_length_prefixed([msgpack.packb([i, VALUE]) for i in range(batch)]))
-    elapsed = _timed(rounds, transport.clear, lambda _: _feed(server, requests))
-    replies = _split_length_prefixed(transport.value())
-    _check(len(replies) == batch and msgpack.unpackb(replies[-1])[1] == VALUE,
-           "baseline server did not answer every request")
-    return elapsed
+
+    def check() -> None:
+        _answered(_split_length_prefixed(transport.value()), batch,
+                  lambda reply: msgpack.unpackb(reply)[1] == VALUE, "baseline server")
+
+    return Session(transport.clear, lambda _: _feed(server, requests), check)
 
 
-def msrpc_server(batch: int, rounds: int, observers: Sequence[Any] = ()) -> float:
-    clock = Clock()
-    clock.advance(time.time())
+def msrpc_server_session(batch: int, observers: Sequence[Any] = ()) -> Session:
+    clock = WallClock()
     dispatcher = Dispatcher(clock, ServerLimits(rate=50_000_000, burst=1_000_000))
     dispatcher.add_service("echo", _Echo())
     factory = RpcServerFactory(dispatcher, ProtocolSettings(), Sweeper(clock, SERVER_KEEPALIVE))
     factory.observe(combine(observers))
     protocol, transport = factory.buildProtocol(None), StringTransport()
     protocol.makeConnection(transport)
-    body = CODEC.encode({"service": "echo", "method": "echo", "args": [VALUE],
-                         "meta": {"deadline": 30_000}})
+    body = msrpc_request_body(observers)
     requests = _reads(b"".join(wire.encode_frame(wire.REQUEST, 1, 2, i + 1, body)
                                for i in range(batch)))
-    elapsed = _timed(rounds, transport.clear, lambda _: _feed(protocol, requests))
-    replies: list[bytes] = []
-    wire.FrameParser(lambda *frame: replies.append(frame[-1])).feed(transport.value())
-    _check(len(replies) == batch and CODEC.decode(replies[-1])["code"] == 200,
-           "msrpc server did not answer every request")
-    return elapsed
+
+    def check() -> None:
+        _answered(_bodies(transport.value()), batch,
+                  lambda reply: CODEC.decode(reply)["code"] == 200, "msrpc server")
+
+    return Session(transport.clear, lambda _: _feed(protocol, requests), check, transport)
+
+
+def baseline_client(batch: int, rounds: int) -> float:
+    return _timed(rounds, baseline_client_session(batch))
+
+
+def msrpc_client(batch: int, rounds: int, observers: Sequence[Any] = ()) -> float:
+    return _timed(rounds, msrpc_client_session(batch, observers))
+
+
+def baseline_server(batch: int, rounds: int) -> float:
+    return _timed(rounds, baseline_server_session(batch))
+
+
+def msrpc_server(batch: int, rounds: int, observers: Sequence[Any] = ()) -> float:
+    return _timed(rounds, msrpc_server_session(batch, observers))
 
 
 SIDES = [("client", baseline_client, msrpc_client), ("server", baseline_server, msrpc_server)]
@@ -198,8 +271,19 @@ def _w3c() -> list[Any]:
     return [TraceContextPropagation()]
 
 
+def _otel() -> list[Any]:
+    """OpenTelemetry spans recorded by the SDK (sampled, attributes set) and sent to no
+    exporter: msrpc's and the SDK's cost, without the export's."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from msrpc.tracing import OpenTelemetryTracing
+
+    return [OpenTelemetryTracing(tracer_provider=TracerProvider())]
+
+
 #: ``--observe NAME``: msrpc again with these observers on (both sides).
-OBSERVERS: dict[str, Callable[[], list[Any]]] = {"metrics": _metrics, "w3c": _w3c}
+OBSERVERS: dict[str, Callable[[], list[Any]]] = {"metrics": _metrics, "w3c": _w3c,
+                                                 "otel": _otel}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -220,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
                         "(steadier on a busy machine; each reading costs a system call)")
     parser.add_argument("--observe", action="append", choices=sorted(OBSERVERS), default=[],
                         help="also measure msrpc with these observers on, both sides "
-                        "(repeatable): metrics (msrpc.metrics), w3c (msrpc.tracecontext)")
+                        "(repeatable): metrics (msrpc.metrics), w3c (msrpc.tracecontext), "
+                        "otel (msrpc.tracing, SDK spans, no exporter)")
     args = parser.parse_args(argv)
     clock = time.thread_time if args.cpu_clock else time.perf_counter
     sizes = [parse_size(v) for v in args.payload.split(",")] if args.payload else [0]

@@ -120,6 +120,16 @@ class Call(Deferred):  # type: ignore[type-arg]
         endpoint = self.endpoint
         if endpoint.strikes or endpoint.closing:  # type: ignore[union-attr]
             client._endpoint_answered(endpoint)  # type: ignore[arg-type]
+        tallies = client._known_tallies
+        if tallies is not None:  # counted here, not in a callback override: no extra frame
+            try:
+                tally = tallies[self.service][self.method]
+            except KeyError:
+                tally = client._observer.tally(CLIENT, self.service, self.method)
+            durations = tally.durations  # Tally.add, inline
+            durations.append(client._seconds() + self.timeout - self.deadline)
+            if len(durations) >= tally.fold_at:
+                tally.fold()
         self.callback(data)
 
     def failed(self, error: MsrpcError) -> None:
@@ -131,11 +141,28 @@ class Call(Deferred):  # type: ignore[type-arg]
     __hash__ = object.__hash__
 
 
+class TalliedCall(Call):
+    """
+    A call of a client whose observers only count (``msrpc.observe.ICallTallies``:
+    metrics): its outcome is recorded in its method's tally, a success for the price of
+    an append.  A client without such observers makes plain ``Call`` objects.
+    """
+
+    def errback(self, fail: Any = None) -> None:
+        """The call failed: its tally counts how, then the caller gets the failure."""
+        client = self.client
+        client._observer.tally(CLIENT, self.service, self.method).record(
+            outcome_code(fail.value if isinstance(fail, Failure) else fail),
+            client._seconds() + self.timeout - self.deadline)
+        Deferred.errback(self, fail)
+
+
 class ObservedCall(Call):
     """
-    A call of an observed client (``msrpc.observe.CallInfo``): observers hear of it once
-    before it is sent (and may add to its meta) and once with its outcome.  A client
-    without observers makes plain ``Call`` objects and pays nothing for this.
+    A call of a client with per-call observers (``ICallObserver``; it is their
+    ``CallInfo``): they hear of it once before it is sent (and may add to its meta) and
+    once with its outcome, which is counted in its tally too when the client also has
+    tallies.
     """
 
     side = CLIENT
@@ -149,7 +176,7 @@ class ObservedCall(Call):
     def __init__(self, client: "Client", service: str, method: str, args: Any,
                  kwargs: Any, meta: dict[str, Any], deadline: float) -> None:
         Call.__init__(self, client, service, method, args, kwargs, meta, deadline)
-        client._observer.call_started(self)  # type: ignore[union-attr]  # set if observed
+        client._calls.call_started(self)
 
     @property
     def started(self) -> float:
@@ -174,7 +201,11 @@ class ObservedCall(Call):
         self.code = code
         client = self.client
         self.duration = client._seconds() + self.timeout - self.deadline
-        client._observer.call_finished(self)  # type: ignore[union-attr]
+        if code != 200:  # a success is counted by ``succeeded``
+            tally = client._observer.tally(CLIENT, self.service, self.method)
+            if tally is not None:
+                tally.record(code, self.duration)
+        client._calls.call_finished(self)
 
 
 def outcome_code(error: Any) -> int | str:
@@ -282,8 +313,16 @@ class Client:
         self._timeout_ms = int(timeout * 1000)
         self._deadlines: Deadlines[Call] = Deadlines(reactor, self._expired)
         #: Metrics, tracing... (``msrpc.observe``); None when there are none.
-        self._observer = combine(observers)
-        self._call_class = Call if self._observer is None else ObservedCall
+        self._observer: Any = combine(observers)
+        observer = self._observer
+        self._calls: Any = observer.calls if observer is not None else None
+        self._outgoing = observer.outgoing if observer is not None else None
+        tallied = observer is not None and observer.tallies is not None
+        #: service → method → tally (``Observers.client_tallies``) when calls are counted.
+        self._known_tallies: Any = (observer.client_tallies if observer is not None and tallied
+                                    else None)
+        self._call_class: type[Call] = (
+            ObservedCall if self._calls is not None else TalliedCall if tallied else Call)
         self._events = client_events(self._observer)
         self._health = Health(reactor, self._resolver, ejection, self._events)
         self.stats: Counter[str] = Counter()
@@ -351,6 +390,8 @@ class Client:
             call_meta["token"] = self.token
         if meta:
             call_meta.update(meta)
+        if self._outgoing is not None:
+            self._outgoing(call_meta)  # trace context (msrpc.observe.ICallContext)
         deadline = self._seconds() + timeout
         call = self._call_class(self, service, method,
                                 args if args.__class__ is list else list(args), kwargs,
@@ -552,4 +593,5 @@ class Client:
             self.stats["cancelled"] += 1
 
 
-__all__ = ["Client", "Proxy", "RetryPolicy", "Call", "ObservedCall", "EjectionPolicy"]
+__all__ = ["Client", "Proxy", "RetryPolicy", "Call", "TalliedCall", "ObservedCall",
+           "EjectionPolicy"]

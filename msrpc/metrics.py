@@ -3,12 +3,16 @@ Prometheus metrics for servers, clients and registries: the ``msrpc[metrics]`` e
 ``prometheus_client``.  Importing this module imports prometheus_client; nothing else in
 msrpc imports this module unless metrics are asked for.
 
-Cheap on the call path: a finished call appends one tuple to its series' list; every
-``FOLD_EVERY`` calls (and at each scrape) the list is folded into totals and histogram
-buckets with a sort and a few bisections, in C.  Gauges (calls in flight, connections,
-instances) are read from the live objects when scraped, so they cost nothing between
-scrapes.  prometheus_client renders everything (``Metrics.registry``): a custom
-collector, not hand-written exposition.
+Cheap on the call path: metrics are an ``ICallTallies`` observer, so a successful call
+costs its server or client one append of its duration to its method's list (and two
+additions of frame sizes on a server), no object and no call into this module; every
+``FOLD_EVERY`` calls (and at each scrape) the list is folded into the count and the
+histogram buckets with a sort and a few bisections, in C.  Other outcomes (errors,
+refusals, cancels) are counted one by one.  Nothing is sampled: counts, sums and
+buckets are exact.  Gauges (calls in flight, connections, instances) are read from the
+live objects when scraped, so they cost nothing between scrapes.  prometheus_client
+renders everything (``Metrics.registry``): a custom collector, not hand-written
+exposition.
 
 Labels are few by construction: service and method names are those served (anything
 else is ``other``) or those the process's own code calls; codes are wire codes or
@@ -18,7 +22,7 @@ client-side error class names.  Never a peer address or an argument.
 from __future__ import annotations
 
 import threading
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional
 
@@ -29,7 +33,7 @@ from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 from zope.interface import implementer
 
 from msrpc.observe import (
-    CLIENT, SERVER, CallInfo, ICallObserver, IClientObserver, IRegistryObserver, registry_events,
+    CLIENT, SERVER, ICallTallies, IClientObserver, IRegistryObserver, Tally, registry_events,
 )
 
 if TYPE_CHECKING:
@@ -69,37 +73,50 @@ REGISTRY_FAMILIES = {
 }
 
 
-class _Series:
-    """The calls of one method on one side: outcomes waiting to be folded, and totals."""
+class _Series(Tally):
+    """The calls of one method on one side: what the server or client recorded, and the
+    totals it is folded into."""
 
-    __slots__ = ("pending", "codes", "buckets", "total", "received", "sent", "_lock")
+    __slots__ = ("codes", "buckets", "total", "_rejected", "_lock")
 
-    def __init__(self) -> None:
-        self.pending: list[tuple[Any, float, int, int]] = []
+    limit = FOLD_EVERY
+
+    def __init__(self, rejected: Counter[str]) -> None:
+        super().__init__()
         self.codes: Counter[Any] = Counter()
         self.buckets = [0] * (len(BUCKETS) + 1)  # the last one: above every bound
         self.total = 0.0
-        self.received = 0
-        self.sent = 0
+        #: The refusals of every series, by reason (``msrpc_server_rejected_total``).
+        self._rejected = rejected
         self._lock = threading.Lock()  # a scrape from another thread may fold too
+
+    def record(self, code: int | str, duration: float, received: int = 0, sent: int = 0,
+               refused: str = "") -> None:
+        with self._lock:
+            self.codes[code] += 1
+            self.buckets[bisect_left(BUCKETS, duration)] += 1
+            self.total += duration
+        self.received += received
+        self.sent += sent
+        if refused:
+            self._rejected[refused] += 1
 
     def fold(self) -> None:
         with self._lock:
-            pending, self.pending = self.pending, []
-            if not pending:
+            durations = self.durations
+            n = len(durations)  # appends after this (reactor thread) wait for next time
+            if not n:
                 return
-            codes, durations, received, sent = zip(*pending)
-            self.codes.update(codes)
-            ordered = sorted(durations)
+            ordered = sorted(durations[:n])
+            del durations[:n]
+            self.codes[200] += n
             below = 0
             for i, bound in enumerate(BUCKETS):
                 upto = bisect_right(ordered, bound)
                 self.buckets[i] += upto - below
                 below = upto
-            self.buckets[-1] += len(ordered) - below
+            self.buckets[-1] += n - below
             self.total += sum(ordered)
-            self.received += sum(received)
-            self.sent += sum(sent)
 
     def cumulative_buckets(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
@@ -111,7 +128,7 @@ class _Series:
         return out
 
 
-@implementer(ICallObserver, IClientObserver, IRegistryObserver)
+@implementer(ICallTallies, IClientObserver, IRegistryObserver)
 class Metrics(Collector):
     """
     Observes servers, clients and registries, and is a prometheus_client collector of
@@ -119,8 +136,6 @@ class Metrics(Collector):
     msrpc`` uses the process-wide ``REGISTRY``, with process and GC metrics) is where it
     is registered and what ``/metrics`` renders.
     """
-
-    contextual = False
 
     def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -157,22 +172,12 @@ class Metrics(Collector):
 
     # ------------------------------------------------------------------ observing
 
-    def call_started(self, call: CallInfo) -> None:
-        pass
-
-    def call_finished(self, call: CallInfo) -> None:
-        key = (call.side, call.service, call.method)
+    def tally(self, side: str, service: str, method: str) -> Tally:
+        key = (side, service, method)
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = _Series()
-        pending = series.pending
-        # Plain tuples, not the call objects: they would keep meta and Deferreds alive
-        # (and the garbage collector busy) until the next fold.
-        pending.append((call.code, call.duration, call.bytes_in, call.bytes_out))
-        if len(pending) >= FOLD_EVERY:
-            series.fold()
-        if call.refused:
-            self._rejected[call.refused] += 1
+            series = self._series[key] = _Series(self._rejected)
+        return series
 
     def call_retried(self, service: str, method: str, error: BaseException) -> None:
         self._retries[(service, method)] += 1

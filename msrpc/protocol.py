@@ -364,7 +364,7 @@ class RpcProtocol(Protocol):
         """The success reply of the server's hot path: ``codec`` is the one the request
         was decoded with, and only a result that cannot be encoded takes ``reply``."""
         try:
-            body = codec.encode({"code": 200, "msg": "", "data": data})
+            body = codec.encode({"code": 200, "data": data})  # success: no "msg" (wire.rst)
         except EncodeError:
             self.reply(rid, ser, 200, data)
             return
@@ -378,7 +378,8 @@ class RpcProtocol(Protocol):
         codec = self._codecs.get(ser)
         if codec is None:
             ser, codec = self._serializer, self._codec
-        payload: dict[str, Any] = {"code": code, "msg": msg, "data": data}
+        payload: dict[str, Any] = ({"code": code, "data": data} if code == 200 and not msg
+                                   else {"code": code, "msg": msg, "data": data})
         if details is not None:
             payload["details"] = details
         try:

@@ -31,7 +31,7 @@ from msrpc.deadline import Deadlines
 from msrpc.errors import DecodeError, RegistryAuthError, RegistryError, RpcError
 from msrpc.healthcheck import HEALTH_SERVICE, HealthService
 from msrpc.limits import TokenBucket
-from msrpc.observe import ICallObserver, combine, observed_protocol, registry_events
+from msrpc.observe import Observers, combine, observed_protocol, registry_events
 from msrpc.overflow import Overflow
 from msrpc.protocol import ProtocolSettings, RpcProtocol
 from msrpc.registry.instance import IDEMPOTENT_KEY, ServiceInstance
@@ -407,9 +407,9 @@ class RpcServerFactory(Factory):
         self.overflow = Overflow(sweeper.clock, settings, self._limit)
         self._closed_waiters: list[Deferred[None]] = []
         #: Set by ``observe``: connections are then observed (``ObservedProtocol``).
-        self.observer: Optional[ICallObserver] = None
+        self.observer: Optional[Observers] = None
 
-    def observe(self, observer: Optional[ICallObserver]) -> None:
+    def observe(self, observer: Optional[Observers]) -> None:
         """Observe every call of connections made from now on (None: stop)."""
         self.observer = observer
         self.dispatcher.observing = observer is not None

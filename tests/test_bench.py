@@ -181,6 +181,34 @@ class PerCallTests(TestCase):
             for measure in (baseline, ours):
                 self.assertGreater(measure(2, 2), 0.0)
 
+    def test_each_msrpc_side_is_fed_what_the_other_writes(self) -> None:
+        from bench import percall
+        from msrpc.codec import MsgpackCodec
+        codec = MsgpackCodec()
+        request = codec.decode(percall.msrpc_request_body())
+        self.assertEqual((request["service"], request["method"], request["args"]),
+                         ("echo", "echo", [percall.VALUE]))
+        self.assertEqual(codec.decode(percall.msrpc_reply_body())["data"], percall.VALUE)
+
+
+class InstructionCountTests(TestCase):
+    """``bench.instructions``: its cells run outside valgrind too (the marks are plain
+    system calls), and the count is read from callgrind's dump."""
+
+    def test_every_cell_completes_its_calls(self) -> None:
+        from bench import instructions
+        for side in ("client", "server"):
+            for system in ("baseline", "msrpc", "metrics", "w3c", "otel"):
+                instructions.run_cell(side, system, 4, 8, 4)
+
+    def test_the_count_is_the_summary_of_the_dump(self) -> None:
+        from bench import instructions
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("version: 1\ncreator: callgrind-3.19.0\nevents: Ir\nsummary: 123456\n")
+        self.assertEqual(instructions._summary(path), 123456)
+
+
 class ReactorChoiceTests(TestCase):
     def test_system_names_may_carry_a_reactor(self) -> None:
         from bench import reactors

@@ -21,7 +21,7 @@ from msrpc.codec import MsgpackCodec
 from msrpc.errors import RegistryUnavailable
 from msrpc.health import EjectionPolicy
 from msrpc.metrics import BUCKETS, METRIC_NAMES, Metrics
-from msrpc.observe import ICallObserver, IClientObserver, IRegistryObserver
+from msrpc.observe import ICallTallies, IClientObserver, IRegistryObserver
 from msrpc.registry.polling import PollingWatch
 from msrpc.registry.static import StaticRegistry
 from msrpc.server import ServerLimits
@@ -73,7 +73,7 @@ class ServerMetricsTests(TestCase):
         return self.successResultOf(d)
 
     def test_the_metrics_object_provides_every_observer_interface(self) -> None:
-        verifyObject(ICallObserver, self.metrics)
+        verifyObject(ICallTallies, self.metrics)
         verifyObject(IClientObserver, self.metrics)
         verifyObject(IRegistryObserver, self.metrics)
 
@@ -123,7 +123,7 @@ class ServerMetricsTests(TestCase):
         codec = MsgpackCodec()
         request = codec.encode({"service": "shop", "method": "echo", "args": ["hello"],
                                 "meta": {"deadline": 5000}})
-        response = codec.encode({"code": 200, "msg": "", "data": "hello"})
+        response = codec.encode({"code": 200, "data": "hello"})
         samples = scrape(self.metrics)
         self.assertEqual(value(samples, "msrpc_server_received_bytes_total", service="shop",
                                method="echo"), wire.HEADER_SIZE + len(request))
@@ -158,6 +158,29 @@ class ServerMetricsTests(TestCase):
                                method="add", code="200"), 2500)
         self.assertEqual(value(samples, "msrpc_server_call_duration_seconds_count",
                                service="shop", method="add"), 2500)
+
+
+    def test_the_same_counts_beside_a_per_call_observer_or_other_metrics(self) -> None:
+        from msrpc.accesslog import AccessLog
+        net, metrics, other = MemoryNetwork(), Metrics(), Metrics()
+        net.server({"shop": Shop(net)}, observers=[metrics, AccessLog(), other])
+        client = net.client(observers=[other, metrics], retry=_NO_RETRY)
+        for args in ((1, 2), (3, 4), ("x", 1)):
+            client.call("shop", "add", *args).addErrback(lambda f: None)
+        d = client.call("shop", "slow", 0.003)
+        net.advance(0.003)
+        self.successResultOf(d)
+        for each in (metrics, other):
+            samples = scrape(each)
+            for side in ("server", "client"):
+                self.assertEqual(value(samples, f"msrpc_{side}_calls_total", service="shop",
+                                       method="add", code="200"), 2)
+                self.assertEqual(value(samples, f"msrpc_{side}_calls_total", service="shop",
+                                       method="add", code="400"), 1)
+                self.assertEqual(value(samples, f"msrpc_{side}_call_duration_seconds_bucket",
+                                       service="shop", method="slow", le="0.005"), 1)
+            self.assertEqual(value(samples, "msrpc_server_rejected_total",
+                                   reason="bad_request"), 1)
 
 
 _NO_RETRY = __import__("msrpc.client", fromlist=["RetryPolicy"]).RetryPolicy(max_attempts=1)

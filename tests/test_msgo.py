@@ -206,6 +206,25 @@ class MsgoClientTests(TestCase):
                                 for c in recorder.finished),
                          [("other", "other", 700, "rate_limited"), ("seen", "Add", 200, "")])
 
+    def test_msgo_calls_are_counted_by_tallies_like_native_ones(self) -> None:
+        from tests.test_observe import Tallies
+
+        tallies = Tallies()
+        self.net.server({"seen": Shop()}, address="10.0.0.4:7000", observers=[tallies],
+                        limits=ServerLimits(rate=1, burst=1))
+        client = self.net.client(dialect="msgo", retry=RetryPolicy(max_attempts=1))
+        self.addCleanup(client.close)
+        calls = [client.call("seen", "Add", 1, 2), client.call("seen", "Add", 3, 4)]
+        self.net.advance(0)
+        self.assertEqual(self.successResultOf(calls[0]), 3)
+        self.failureResultOf(calls[1], RateLimited)
+        added = tallies.tallies[("server", "seen", "Add")]
+        self.assertEqual((added.durations, added.outcomes), ([0.0], []))
+        self.assertGreater(added.received, 17)
+        self.assertGreater(added.sent, 17)
+        [(code, _, _, _, refused)] = tallies.tallies[("server", "other", "other")].outcomes
+        self.assertEqual((code, refused), (700, "rate_limited"))
+
     def test_unknown_dialects_are_refused(self) -> None:
         self.assertRaises(ValueError, self.net.client, dialect="grpc")
         self.assertRaises(ValueError, self.net.client, dialect={"x": "corba"})

@@ -11,12 +11,13 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from msrpc.client import ObservedCall, RetryPolicy
+from msrpc.client import ObservedCall, RetryPolicy, TalliedCall
 from msrpc.errors import RegistryUnavailable
 from msrpc.health import EjectionPolicy
 from msrpc.observe import (
-    CANCELLED, CLIENT, OTHER, SERVER, ContextualProtocol, ICallObserver, IClientObserver,
-    IRegistryObserver, ObservedProtocol, Observers, RegistryEvents, combine,
+    CANCELLED, CLIENT, OTHER, SERVER, ContextualProtocol, ICallContext, ICallObserver,
+    ICallTallies, IClientObserver, IRegistryObserver, ObservedProtocol, Observers,
+    RegistryEvents, Tally, combine,
 )
 from msrpc.protocol import RpcProtocol
 from msrpc.registry.static import StaticRegistry
@@ -54,6 +55,48 @@ class Recorder:
         self.events.append(("reconnected", backend, service))
 
 
+class Counting(Tally):
+    """A tally that keeps every outcome it is given."""
+
+    limit = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folded: list[float] = []
+        self.outcomes: list[tuple[Any, ...]] = []
+
+    def record(self, code: Any, duration: float, received: int = 0, sent: int = 0,
+               refused: str = "") -> None:
+        self.outcomes.append((code, duration, received, sent, refused))
+
+    def fold(self) -> None:
+        self.folded += self.durations
+        del self.durations[:]
+
+
+@implementer(ICallTallies)
+class Tallies:
+    def __init__(self) -> None:
+        self.tallies: dict[tuple[str, str, str], Counting] = {}
+
+    def tally(self, side: str, service: str, method: str) -> Counting:
+        return self.tallies.setdefault((side, service, method), Counting())
+
+
+@implementer(ICallContext)
+class Carrier:
+    """Carries a ``hop`` count in the meta: what a trace context does, smaller."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def outgoing(self, meta: dict[str, Any]) -> None:
+        meta.setdefault("hop", 0)
+
+    def incoming(self, meta: Any) -> None:
+        self.seen.append(meta.get("hop"))
+
+
 class Service:
     def __init__(self, net: MemoryNetwork) -> None:
         self.net = net
@@ -63,6 +106,9 @@ class Service:
 
     def slow(self) -> "defer.Deferred[str]":
         return deferLater(self.net.clock, 2.0, lambda: "late")
+
+    def unsendable(self) -> object:
+        return object()  # no codec encodes it: the server answers 500
 
 
 class ServerSideTests(TestCase):
@@ -168,13 +214,126 @@ class ClientSideTests(TestCase):
         self.assertIn(("ejected", "svc", down.address, 5.0), recorder.events)
 
 
+class TallyTests(TestCase):
+    """``ICallTallies``: outcomes are recorded in tallies, without per-call objects."""
+
+    def setUp(self) -> None:
+        self.net = MemoryNetwork()
+        self.tallies = Tallies()
+        self.server = self.net.server({"svc": Service(self.net)}, observers=[self.tallies])
+        self.client = self.net.client(observers=[self.tallies],
+                                      retry=RetryPolicy(max_attempts=1))
+
+    def test_successes_are_durations_and_frame_sizes(self) -> None:
+        self.net.clock.advance(10.0)
+        calls = [self.client.call("svc", "slow") for _ in range(3)]
+        self.assertIsInstance(calls[0], TalliedCall)
+        self.net.advance(2.0)
+        server = self.tallies.tallies[(SERVER, "svc", "slow")]
+        client = self.tallies.tallies[(CLIENT, "svc", "slow")]
+        for tally in (server, client):
+            self.assertEqual(tally.folded + tally.durations, [2.0] * 3)
+            self.assertEqual(tally.folded, [2.0] * 2)  # folded once two were waiting
+            self.assertEqual(tally.outcomes, [])
+        self.assertEqual(server.received % 3, 0)
+        self.assertGreater(server.received, 3 * 17)
+        self.assertGreater(server.sent, 3 * 17)
+        self.assertEqual((client.received, client.sent), (0, 0))
+
+    def test_other_outcomes_are_recorded_with_code_and_reason(self) -> None:
+        self.client.call("svc", "add", "one", 2).addErrback(lambda f: None)
+        self.client.call("svc", "nope").addErrback(lambda f: None)
+        self.net.flush()
+        [(code, _, received, sent, refused)] = \
+            self.tallies.tallies[(SERVER, "svc", "add")].outcomes
+        self.assertEqual((code, refused), (400, "bad_request"))
+        self.assertGreater(received, 17)
+        self.assertGreater(sent, 17)
+        [(code, _, received, _, refused)] = \
+            self.tallies.tallies[(SERVER, OTHER, OTHER)].outcomes
+        self.assertEqual((code, received, refused), (404, 0, "not_found"))
+        self.assertEqual([o[0] for o in self.tallies.tallies[(CLIENT, "svc", "add")].outcomes],
+                         [400])
+
+    def test_a_quick_success_is_a_duration_and_frame_sizes_too(self) -> None:
+        d = self.client.call("svc", "add", 1, 2)
+        self.net.flush()
+        self.assertEqual(self.successResultOf(d), 3)
+        for side in (SERVER, CLIENT):
+            tally = self.tallies.tallies[(side, "svc", "add")]
+            self.assertEqual((tally.durations, tally.outcomes), ([0.0], []))
+        server = self.tallies.tallies[(SERVER, "svc", "add")]
+        self.assertGreater(server.received, 17)
+        self.assertGreater(server.sent, 17)
+
+    def test_a_result_that_cannot_be_sent_is_counted_as_the_500_it_becomes(self) -> None:
+        d = self.client.call("svc", "unsendable")
+        self.net.flush()
+        self.failureResultOf(d)
+        for side in (SERVER, CLIENT):
+            tally = self.tallies.tallies[(side, "svc", "unsendable")]
+            self.assertEqual(tally.durations, [])
+            self.assertEqual([o[0] for o in tally.outcomes], [500])
+
+    def test_cancelled_calls_are_recorded_on_both_sides(self) -> None:
+        d = self.client.call("svc", "slow")
+        self.net.flush()
+        d.cancel()
+        self.failureResultOf(d)
+        self.net.flush()
+        for side in (SERVER, CLIENT):
+            [outcome] = self.tallies.tallies[(side, "svc", "slow")].outcomes
+            self.assertEqual(outcome[0], CANCELLED)
+
+    def test_tallies_and_per_call_observers_see_the_same_calls(self) -> None:
+        net, tallies, recorder = MemoryNetwork(), Tallies(), Recorder()
+        net.server({"svc": Service(net)}, observers=[tallies, recorder])
+        client = net.client(observers=[recorder, tallies])
+        d = client.call("svc", "add", 1, 2)
+        self.assertIsInstance(d, ObservedCall)
+        net.flush()
+        self.assertEqual([(c.side, c.code) for c in recorder.finished],
+                         [(SERVER, 200), (CLIENT, 200)])
+        server, client_side = (tallies.tallies[(side, "svc", "add")] for side in (SERVER, CLIENT))
+        [(code, *_)] = server.outcomes  # a per-call observer's server call: recorded
+        self.assertEqual((code, server.durations), (200, []))
+        # The client counts every success in ``Call.succeeded``, observed or not.
+        self.assertEqual((client_side.outcomes, client_side.durations), ([], [0.0]))
+
+    def test_a_second_source_of_tallies_counts_too(self) -> None:
+        net, first, second = MemoryNetwork(), Tallies(), Tallies()
+        net.server({"svc": Service(net)}, observers=[first, second])
+        net.client(observers=[first, second]).call("svc", "add", 1, 2)
+        net.flush()
+        for side in (SERVER, CLIENT):
+            for tallies in (first, second):
+                tally = tallies.tallies[(side, "svc", "add")]
+                self.assertEqual(tally.folded + tally.durations +
+                                 [o[1] for o in tally.outcomes if o[0] == 200], [0.0])
+
+
+class ContextTests(TestCase):
+    """``ICallContext``: told the meta only, on the way out and on the way in."""
+
+    def test_the_meta_a_client_adds_is_what_the_server_reads(self) -> None:
+        net, carrier = MemoryNetwork(), Carrier()
+        server = net.server({"svc": Service(net)}, observers=[carrier])
+        self.assertIs(type(server.factory.buildProtocol(None)), ContextualProtocol)
+        d = net.client(observers=[carrier]).call("svc", "add", 1, 2)
+        self.assertNotIsInstance(d, (ObservedCall, TalliedCall))
+        net.flush()
+        self.assertEqual(self.successResultOf(d), 3)
+        self.assertEqual(carrier.seen, [0])
+
+
 class CombiningTests(TestCase):
-    def test_a_lone_full_observer_is_used_as_is_and_several_are_combined(self) -> None:
+    def test_a_lone_full_observer_is_told_directly_and_several_are_combined(self) -> None:
         one, two = Recorder(), Recorder()
         self.assertIsNone(combine([]))
-        self.assertIs(combine([one]), one)
+        self.assertIs(combine([one]).calls, one)  # type: ignore[union-attr]
         both = combine([one, two])
-        self.assertIsInstance(both, Observers)
+        assert both is not None
+        self.assertIs(both.calls, both)
         verifyObject(ICallObserver, both)
         both.call_retried("s", "m", ValueError())
         self.assertEqual(one.events, two.events)

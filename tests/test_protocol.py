@@ -81,6 +81,13 @@ class ClientSideTests(TestCase):
         self.assertEqual([c.results for c in calls], [[0], [1], [2]])
         self.assertEqual(self.protocol.outstanding, 0)
 
+    def test_a_success_is_read_with_or_without_an_empty_msg(self) -> None:
+        old_peer, new_peer = FakeCall(), FakeCall()
+        rids = [self.protocol.send_call(c) for c in (old_peer, new_peer)]
+        self.protocol.dataReceived(response(rids[0], {"code": 200, "msg": "", "data": "a"}) +
+                                   response(rids[1], {"code": 200, "data": "b"}))
+        self.assertEqual((old_peer.results, new_peer.results), (["a"], ["b"]))
+
     def test_error_response_becomes_the_matching_exception(self) -> None:
         a, b = FakeCall(), FakeCall()
         ra, rb = self.protocol.send_call(a), self.protocol.send_call(b)

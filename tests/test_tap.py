@@ -242,8 +242,9 @@ class OperationsOptionTests(TestCase):
         top = self.make("--admin", "tcp:0:interface=127.0.0.1")
         self.assertIsInstance(top.admin, AdminService)
         self.assertEqual([s.name for s in top][0], "admin")  # stopped last
-        self.assertIsInstance(top.server.observer, Metrics)
-        self.assertIs(top.client._observer, top.server.observer)
+        [metrics] = top.server.observer.all
+        self.assertIsInstance(metrics, Metrics)
+        self.assertEqual(top.client._observer.all, [metrics])
 
     def test_no_metrics_keeps_the_admin_endpoint_without_them(self) -> None:
         top = self.make("--admin", "tcp:0", "--no-metrics")
@@ -253,10 +254,10 @@ class OperationsOptionTests(TestCase):
         from msrpc.tracecontext import TraceContextPropagation
         from msrpc.tracing import OpenTelemetryTracing
 
-        self.assertIsInstance(self.make("--trace", "w3c").server.observer,
-                              TraceContextPropagation)
-        self.assertIsInstance(self.make("--trace", "otel").client._observer,
-                              OpenTelemetryTracing)
+        [w3c] = self.make("--trace", "w3c").server.observer.all
+        self.assertIsInstance(w3c, TraceContextPropagation)
+        [otel] = self.make("--trace", "otel").client._observer.all
+        self.assertIsInstance(otel, OpenTelemetryTracing)
         self.assertRaises(usage.UsageError, parse, "--trace", "zipkin")
 
     def test_an_otlp_endpoint_implies_otel(self) -> None:
@@ -266,7 +267,8 @@ class OperationsOptionTests(TestCase):
         from msrpc.accesslog import AccessLog
 
         top = self.make("--access-log")
-        self.assertIsInstance(top.server.observer, AccessLog)
+        [access_log] = top.server.observer.all
+        self.assertIsInstance(access_log, AccessLog)
         self.assertIsNone(top.client._observer)
 
 
