@@ -371,6 +371,10 @@ class ClusterTests(EtcdTestMixin, TestCase):
         await registry.register(ARITH)
         leader = await cluster.leader()
         await leader.kill()
+        # A lookup is a linearizable read: during the election no member may answer it
+        # (clients read their cache meanwhile); once the survivors elect a leader, every
+        # lookup must work, and the registration must outlive a TTL through them.
+        await cluster.wait_leader()
         # longer than one TTL: the lease must have been kept alive through the survivors
         deadline = reactor.seconds() + TTL * 2
         while reactor.seconds() < deadline:
