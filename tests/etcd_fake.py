@@ -175,8 +175,10 @@ class FakeEtcd(Resource):
                 return self._error(400, "etcdserver: user name is empty", 3)
             if call.token not in self.tokens:
                 return self._error(401, "etcdserver: invalid auth token", 16)
+        keys = ([unb64(op["request_range"]["key"]) for op in body.get("success", [])]
+                if path == "/v3/kv/txn" else [unb64(body["key"])] if "key" in body else [])
         if (self.allowed_prefix is not None and path.startswith("/v3/kv/")
-                and not unb64(body["key"]).startswith(self.allowed_prefix)):
+                and not all(k.startswith(self.allowed_prefix) for k in keys)):
             return self._error(403, "etcdserver: permission denied", 7)
         if path == "/v3/lease/grant":
             lease = str(self.next_lease)
@@ -202,6 +204,11 @@ class FakeEtcd(Resource):
             return 200, self._header()
         if path == "/v3/kv/range":
             return 200, self._range(body)
+        if path == "/v3/kv/txn":  # no compares: the success ops, ranges only
+            responses = [{"response_range": {k: v for k, v in self._range(
+                op["request_range"]).items() if k != "header"}}
+                for op in body.get("success", [])]
+            return 200, {**self._header(), "succeeded": True, "responses": responses}
         return 404, "404 page not found"
 
     def _put(self, key: bytes, value: bytes, lease: Optional[str]) -> None:

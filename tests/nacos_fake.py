@@ -1,10 +1,14 @@
 """
 An in-memory Nacos naming server (a twisted.web resource) for the NacosRegistry unit tests.
 
-It answers like Nacos 2.3.2 does (docs/ref/nacos-api-verified.md): ``ok`` for register and
-deregister, ``{"clientBeatInterval", "code", "lightBeatEnabled"}`` for beats (20404 for an
-unknown instance on a light beat), ServiceInfo JSON for lists, tokens from
-``/v1/auth/login`` and 403 text or JSON bodies when auth fails.  Every request is recorded.
+With ``apis={"v1"}`` it answers like Nacos 2.3.2 does: ``ok`` for register and deregister,
+``{"clientBeatInterval", "code", "lightBeatEnabled"}`` for beats (20404 for an unknown
+instance on a light beat), ServiceInfo JSON for lists, tokens from ``/v1/auth/login`` and 403
+text or JSON bodies when auth fails, 404 for the v3 paths.  With ``apis={"v3"}`` it answers
+like Nacos 3.1.0 with its v1 client API off: the v3 client API in the ``{"code", "message",
+"data"}`` envelope (21003 for a heartbeat of an unknown instance), lists that hold unhealthy
+instances and only the clusters asked for (DEFAULT when none), the admin service list for
+logged-in users only, and 410 for the v1 naming paths.  Every request is recorded.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class FakeNacos(Resource):
     hold_beats: bool = False
     held: list[tuple[Request, dict[str, str]]] = field(default_factory=list)
     extra_hosts: list[dict[str, Any]] = field(default_factory=list)
+    apis: set[str] = field(default_factory=lambda: {"v1"})
 
     def __post_init__(self) -> None:
         Resource.__init__(self)
@@ -97,8 +102,19 @@ class FakeNacos(Resource):
         if self.failures.get(path):
             status, body, ctype = self.failures[path].pop(0)
             return self._answer(request, status, body, ctype)
-        if path == "/v1/auth/login":
-            return self._login(request, args)
+        if path.startswith("/v1/") and "v1" not in self.apis:  # 3.1.0, switch off
+            inner = {"code": 40000, "message": "Current API will be deprecated, please use "
+                     "API(s) `GET ${contextPath:nacos}/v3/client/ns/instance/list` instead, "
+                     "or set `nacos.core.api.compatibility.client.enabled=true` in "
+                     "application.properties."}
+            return self._json(request, {"timestamp": "2026-11-30T10:44:25.471+00:00",
+                                        "status": 410, "error": "Gone",
+                                        "message": json.dumps(inner),
+                                        "path": self.context + path}, 410)
+        if path.startswith("/v3/") and "v3" not in self.apis:
+            return self._spring_error(request, 404, "No static resource", path)
+        if path in ("/v1/auth/login", "/v3/auth/user/login"):
+            return self._login(request, args, path)
         if self.users:
             token = headers.get("authorization", "").removeprefix("Bearer ")
             token = token or args.get("accessToken", "")
@@ -118,7 +134,53 @@ class FakeNacos(Resource):
             return self._list(request, args)
         if route == ("GET", "/v1/ns/service/list"):
             return self._services(request, args)
+        if route == ("POST", "/v3/client/ns/instance"):
+            if args.get("heartBeat") == "true":
+                known = self._key(args) in self.instances
+                return self._envelope(request, "ok" if known else None,
+                                      code=0 if known else 21003,
+                                      message="success" if known else "instance not found")
+            self._register(request, args)
+            return self._envelope(request, "ok")
+        if route == ("DELETE", "/v3/client/ns/instance"):
+            self.instances.pop(self._key(args), None)
+            return self._envelope(request, "ok")
+        if route == ("GET", "/v3/client/ns/instance/list"):
+            return self._list_v3(request, args)
+        if route == ("GET", "/v3/admin/ns/service/list"):
+            return self._admin_services(request, args, headers)
         return self._spring_error(request, 501, f"no such api:{route[0]}:{path}", path)
+
+    def _envelope(self, request: Request, data: Any, code: int = 0,
+                  message: str = "success", status: int = 200) -> bytes:
+        return self._json(request, {"code": code, "message": message, "data": data}, status)
+
+    def _list_v3(self, request: Request, args: dict[str, str]) -> bytes:
+        if not args.get("serviceName"):
+            return self._envelope(request, "Required parameter 'serviceName' type String is "
+                                  "not present", code=10000, message="parameter missing",
+                                  status=400)
+        group = args.get("groupName") or "DEFAULT_GROUP"
+        clusters = [c for c in (args.get("clusterName") or "DEFAULT").split(",") if c]
+        hosts = [dict(h) for (ns, g, s, c, _, _), h in self.instances.items()
+                 if ns == (args.get("namespaceId") or "public") and g == group
+                 and s == args["serviceName"] and c in clusters and h["enabled"]]
+        return self._envelope(request, hosts + self.extra_hosts)
+
+    def _admin_services(self, request: Request, args: dict[str, str],
+                        headers: dict[str, str]) -> bytes:
+        token = headers.get("authorization", "").removeprefix("Bearer ")
+        if token not in self.tokens:  # 3.x guards its admin API even with auth off
+            return self._spring_error(request, 403, "Code: 401, Message: User not found!",
+                                      "/v3/admin/ns/service/list")
+        names = sorted({(g, s) for (ns, g, s, _, _, _) in self.instances
+                        if ns == args.get("namespaceId", "public")
+                        and args.get("groupNameParam", "") in g})
+        size, page = int(args.get("pageSize", 10)), int(args.get("pageNo", 1))
+        items = [{"name": s, "groupName": g} for g, s in names]
+        return self._envelope(request, {"totalCount": len(items), "pageNumber": page,
+                                        "pagesAvailable": 1,
+                                        "pageItems": items[(page - 1) * size:page * size]})
 
     def _answer(self, request: Request, status: int, body: bytes,
                 ctype: str = "text/plain;charset=UTF-8") -> bytes:
@@ -134,8 +196,12 @@ class FakeNacos(Resource):
                                     "status": status, "error": "Forbidden",
                                     "message": message, "path": self.context + path}, status)
 
-    def _login(self, request: Request, args: dict[str, str]) -> bytes:
+    def _login(self, request: Request, args: dict[str, str], path: str) -> bytes:
         user, password = args.get("username", ""), args.get("password", "")
+        if path.startswith("/v3/") and self.users.get(user) != password:  # as 3.1.0 does
+            if user in self.users:
+                return self._spring_error(request, 500, "No message available", path)
+            return self._spring_error(request, 403, "Access Denied", path)
         if user not in self.users:
             return self._answer(request, 500, f"caused: User {user} not found;".encode())
         if self.users[user] != password:

@@ -1,10 +1,11 @@
 """
 End to end with Nacos: real ``twistd msrpc --registry nacos`` processes register in a real
-Nacos 2.x (``scripts/install-nacos``; skipped locally when missing, failed under CI); Nacos's
-own instance list shows what they published, the real ``msrpc`` command calls them, a client
-spreads calls by their weights, and a killed one is dropped by Nacos's heartbeat timeout.
+Nacos (``scripts/install-nacos``; skipped locally when missing, failed under CI) in both
+dialects (2.3.2 with v1; 3.1.0 with v1 off, so v3); Nacos's own instance list shows what they
+published, the real ``msrpc`` command calls them, a client spreads calls by their weights,
+and a killed one is dropped by Nacos's heartbeat timeout.
 
-Nacos takes seconds to start, so every test uses the one server of the test process
+Nacos takes seconds to start, so every test uses the shared server of its configuration
 (``shared_nacos``), each with its own service and group names so that none sees another's
 instances.  What Nacos holds is read from its HTTP API directly, never through msrpc.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
@@ -22,20 +23,24 @@ from msrpc.client import Client
 from msrpc.registry.nacos import DEFAULT_TTL, NacosRegistry, liveness_metadata
 from tests.servers import run, wait_for
 from tests.servers.msrpcd import MsrpcDaemon, ls_entries, msrpc_cli, start_daemon, workdir
-from tests.servers.nacos import SHORT_TIMEOUTS, NacosServer, require_nacos, shared_nacos
+from tests.servers.nacos import CONFIGS, SHORT_TIMEOUTS, NacosServer, require_nacos, \
+    shared_nacos
 
 
-class NacosEndToEndTests(TestCase):
+class Scenarios:
+    """What every dialect passes end to end; subclasses name the server configuration."""
+
+    config = ""
     timeout = 300  # the first test waits for the shared Nacos to start
 
     def setUp(self) -> None:
-        require_nacos()
+        require_nacos(CONFIGS[self.config].version)
         self.dir = workdir(self)
         tag = uuid.uuid4().hex[:10]
         self.service, self.group = f"e2e-{tag}", f"e2e-group-{tag}"
 
     async def nacos(self) -> NacosServer:
-        self.server = await shared_nacos(reactor)
+        self.server = await shared_nacos(reactor, config=self.config)
         self.registry_args = ["--registry", "nacos", "--nacos", self.server.url,
                               "--nacos-group", self.group]
         return self.server
@@ -47,16 +52,18 @@ class NacosEndToEndTests(TestCase):
                              "--service", f"{self.service}=tests.e2e_service:Whoami", *args],
                             registered=1, name=name)
 
-    def msrpc(self, command: str, *args: str) -> "defer.Deferred[tuple[str, str, int]]":
-        return msrpc_cli(reactor, command, *self.registry_args, *args)
+    def msrpc(self, command: str, *args: str, env: Optional[dict[str, str]] = None
+              ) -> "defer.Deferred[tuple[str, str, int]]":
+        return msrpc_cli(reactor, command, *self.registry_args, *args, env=env)
 
     async def listed(self, **params: Any) -> list[dict[str, Any]]:
         """Nacos's own list of this test's service (healthy or not)."""
         return await self.server.instances(self.service, groupName=self.group, **params)
 
-    async def until_listed(self, ports: set[int], timeout: float = 20.0) -> None:
+    async def until_listed(self, ports: set[int], timeout: float = 20.0,
+                           **params: Any) -> None:
         async def matches() -> bool:
-            return {host["port"] for host in await self.listed()} == ports
+            return {host["port"] for host in await self.listed(**params)} == ports
 
         await wait_for(reactor, lambda: defer.Deferred.fromCoroutine(matches()), timeout,
                        f"Nacos to list ports {sorted(ports)} of {self.service}", interval=0.2)
@@ -66,8 +73,8 @@ class NacosEndToEndTests(TestCase):
         await self.nacos()
         daemon = await self.daemon("--nacos-cluster", "e2e-cluster", "--weight", "3",
                                    "--metadata", "zone=z1", "--metadata", "version=2")
-        await self.until_listed({daemon.port})
-        [host] = await self.listed()
+        await self.until_listed({daemon.port}, clusters=["e2e-cluster"])
+        [host] = await self.listed(clusters=["e2e-cluster"])
         self.assertEqual(
             {k: host[k] for k in ("ip", "port", "weight", "metadata", "clusterName",
                                   "serviceName", "healthy", "ephemeral")},
@@ -87,9 +94,14 @@ class NacosEndToEndTests(TestCase):
                          ('"hello, world"\n', "", 0))
         self.assertEqual(await self.msrpc("call", f"{self.service}.pid"),
                          (f"{daemon.pid}\n", "", 0))
-        out, err, code = await self.msrpc("ls")
+        out, err, code = await self.msrpc("ls", *self.ls_args(),
+                                          env={"MSRPC_NACOS_PASSWORD": self.server.password})
         self.assertEqual((err, code), ("", 0))
         self.assertEqual(ls_entries(out), [(self.service, daemon.address)])
+
+    def ls_args(self) -> list[str]:
+        """What ``msrpc ls`` needs to list services here (v3: an admin API user)."""
+        return []
 
     @run
     async def test_calls_are_shared_in_proportion_to_the_weights(self) -> None:
@@ -132,3 +144,22 @@ class NacosEndToEndTests(TestCase):
         await self.until_listed(set(), timeout=45)
         # 6 s delete timeout, checked by Nacos every 5 s, plus the list's lag
         self.assertLess(reactor.seconds() - killed_at, 20)
+
+
+class NacosV1EndToEndTests(Scenarios, TestCase):
+    config = "2.3.2"
+
+
+class NacosV3EndToEndTests(Scenarios, TestCase):
+    config = "3.1.0"
+
+    def ls_args(self) -> list[str]:
+        return ["--nacos-user", self.server.username]
+
+    @run
+    async def test_ls_without_an_admin_user_says_it_cannot_list(self) -> None:
+        await self.nacos()
+        out, err, code = await self.msrpc("ls")
+        self.assertEqual((out, code), ("", 1))
+        self.assertIn("cannot list services", err)
+        self.assertNotIn("Traceback", err)

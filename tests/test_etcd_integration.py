@@ -217,6 +217,25 @@ class WatchTestsMixin(EtcdTestMixin):
         await self.until(lambda: seen[-1] == [9112], 5, "deleted plain key")
 
     @run
+    async def test_many_watched_services_share_one_stream(self) -> None:
+        server = await self.start()
+        writer, registry = self.registry(server.url), self.registry(server.url)
+        names = [f"svc{i}" for i in range(40)]
+        seen: dict[str, list[int]] = {}
+        for name in names:
+            watch = registry.watch(name, lambda xs, name=name: seen.__setitem__(
+                name, [i.port for i in xs]))
+            self.addCleanup(watch.stop)
+        await self.until(lambda: len(seen) == len(names), 5, "every first list")
+        changed = {name: 7000 + n for n, name in enumerate(names) if n % 7 == 0}
+        for name, port in changed.items():
+            await writer.register(ServiceInstance(name, "127.0.0.1", port))
+        await self.until(lambda: all(seen[n] == [p] for n, p in changed.items()), 5,
+                         "every change in its own watch")
+        self.assertTrue(all(seen[n] == [] for n in names if n not in changed))
+        self.assertLessEqual(registry.watch_streams, 3)  # not one per service
+
+    @run
     async def test_watch_sees_an_expired_lease_as_removal(self) -> None:
         server = await self.start()
         registry = self.registry(server.url)
@@ -352,6 +371,10 @@ class ClusterTests(EtcdTestMixin, TestCase):
         await registry.register(ARITH)
         leader = await cluster.leader()
         await leader.kill()
+        # A lookup is a linearizable read: during the election no member may answer it
+        # (clients read their cache meanwhile); once the survivors elect a leader, every
+        # lookup must work, and the registration must outlive a TTL through them.
+        await cluster.wait_leader()
         # longer than one TTL: the lease must have been kept alive through the survivors
         deadline = reactor.seconds() + TTL * 2
         while reactor.seconds() < deadline:

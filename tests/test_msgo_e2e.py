@@ -170,7 +170,7 @@ class GoServerTests(TestCase):
         from tests.servers import wait_for
 
         async def listed() -> bool:
-            return bool(await nacos.instances(service, groupName=group, healthyOnly="true"))
+            return bool(await nacos.instances(service, groupName=group, healthy_only=True))
 
         await wait_for(reactor, lambda: defer.Deferred.fromCoroutine(listed()), 30,
                        f"Nacos to list {service}", interval=0.2)
@@ -271,7 +271,7 @@ class GoClientTests(TestCase):
 
         async def found() -> bool:
             return bool(await nacos.instances("goods", groupName=self.group,
-                                              healthyOnly="true"))
+                                              healthy_only=True))
 
         await wait_for(reactor, lambda: defer.Deferred.fromCoroutine(found()), 30,
                        "Nacos to list the daemon", interval=0.2)

@@ -244,7 +244,7 @@ class RegisterTests(EtcdCase):
 
 class ErrorTests(EtcdCase):
     def test_etcd_error_carries_message_and_status(self) -> None:
-        self.fake.fail_next("/v3/kv/range", 400,
+        self.fake.fail_next("/v3/kv/txn", 400,
                             "etcdserver: mvcc: required revision has been compacted", 11)
         error = self.failureResultOf(self.registry.lookup("arith"), RegistryError).value
         self.assertEqual((error.status, error.message),
@@ -292,14 +292,14 @@ class FailoverTests(EtcdCase):
         self.assertNoResult(d)
         self.clock.advance(2.0)
         self.assertEqual(self.successResultOf(d), [])
-        self.assertEqual(self.router.tried, [E1, E1, E2, E2])  # two reads in parallel
+        self.assertEqual(self.router.tried, [E1, E2])  # both layouts in one transaction
 
     def test_cancelled_request_does_not_fail_over(self) -> None:
         self.router.hung.add(E1)
         d = self.registry.lookup("arith")
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
-        self.assertEqual(self.router.tried, [E1, E1])
+        self.assertEqual(self.router.tried, [E1])
 
     def test_close_cancels_lookups_in_flight(self) -> None:
         self.router.hung.add(E1)
@@ -309,7 +309,7 @@ class FailoverTests(EtcdCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_member_without_leader_503_fails_over(self) -> None:
-        self.fake.fail_next("/v3/kv/range", 503, "etcdserver: request timed out", 14)
+        self.fake.fail_next("/v3/kv/txn", 503, "etcdserver: request timed out", 14)
         self.assertEqual(self.successResultOf(self.registry.lookup("arith")), [])
         self.assertEqual(self.router.tried[:2], [E1, E2])
 
@@ -331,7 +331,7 @@ class AuthTests(EtcdCase):
 
     def test_token_is_sent_raw_in_authorization(self) -> None:
         self.successResultOf(self.registry.lookup("arith"))
-        token = self.fake.calls_to("/v3/kv/range")[0].token
+        token = self.fake.calls_to("/v3/kv/txn")[0].token
         self.assertIn(token, self.fake.tokens)
 
     def test_authenticates_once_for_many_requests(self) -> None:
@@ -351,12 +351,12 @@ class AuthTests(EtcdCase):
         self.fake.tokens.clear()              # the server forgot it (5 min idle)
         self.successResultOf(self.registry.lookup("arith"))
         self.assertEqual(len(self.fake.calls_to("/v3/auth/authenticate")), 2)
-        self.assertIn(self.fake.calls_to("/v3/kv/range")[-1].token, self.fake.tokens)
+        self.assertIn(self.fake.calls_to("/v3/kv/txn")[-1].token, self.fake.tokens)
 
     def test_token_rejected_twice_is_auth_error(self) -> None:
         self.successResultOf(self.registry.lookup("arith"))
         for _ in range(4):
-            self.fake.fail_next("/v3/kv/range", 401, "etcdserver: invalid auth token", 16)
+            self.fake.fail_next("/v3/kv/txn", 401, "etcdserver: invalid auth token", 16)
         self.failureResultOf(self.registry.lookup("arith"), RegistryAuthError)
 
     def test_wrong_password_is_auth_error_with_etcds_message(self) -> None:
@@ -388,6 +388,16 @@ class AuthTests(EtcdCase):
 # --------------------------------------------------------------------------- lookup
 
 
+class ConcurrencyTests(EtcdCase):
+    def test_at_most_sixteen_requests_are_on_the_wire(self) -> None:
+        self.router.hung.add(E1)
+        lookups = [self.registry.lookup(f"s{i}") for i in range(20)]  # two ranges each
+        self.assertEqual(len(self.router.tried), 16)
+        for d in lookups:
+            d.cancel()
+            d.addErrback(lambda f: None)
+
+
 class LookupTests(EtcdCase):
     def test_lookup_returns_registered_instances(self) -> None:
         self.register()
@@ -406,10 +416,24 @@ class LookupTests(EtcdCase):
         self.assertEqual([(i.service, i.host, i.port, i.metadata) for i in instances],
                          [("arith", "127.0.0.1", 9112, {"dialect": "msgo"})])
 
+    def test_lookup_reads_both_layouts_in_one_transaction(self) -> None:
+        self.fake.put_raw("arith", "127.0.0.1:9000")
+        self.register()
+        found = self.successResultOf(self.registry.lookup("arith"))
+        self.assertEqual(sorted(i.port for i in found), [9000, 9112])
+        [txn] = self.fake.calls_to("/v3/kv/txn")
+        self.assertEqual([op["request_range"]["key"] for op in txn.body["success"]],
+                         [b64("/msrpc/services/arith/"), b64("arith")])
+        self.assertEqual(self.fake.calls_to("/v3/kv/range"), [])
+
     def test_lookup_skips_plain_key_it_may_not_read(self) -> None:
         self.register()
         self.fake.allowed_prefix = b"/msrpc/"
         self.assertEqual(self.successResultOf(self.registry.lookup("arith")), [ARITH])
+        self.assertEqual(self.successResultOf(self.registry.lookup("arith")), [ARITH])
+        # the denied transaction once, then our prefix alone
+        self.assertEqual(len(self.fake.calls_to("/v3/kv/txn")), 1)
+        self.assertEqual(len(self.fake.calls_to("/v3/kv/range")), 2)
 
     def test_lookup_outside_granted_prefix_is_auth_error(self) -> None:
         self.fake.allowed_prefix = b"/other/"
@@ -510,11 +534,18 @@ class WatchTests(WatchCase):
         self.start_watch()
         self.assertEqual(self.stream.start_revision, listed + 1)
 
-    def test_watch_covers_the_service_prefix(self) -> None:
+    def test_watch_covers_the_whole_keyspace_where_msgo_keys_are_readable(self) -> None:
+        self.start_watch()
+        [body] = self.stream.bodies  # one watcher: etcd's gateway would drop later ones
+        create = body["create_request"]
+        self.assertEqual((create["key"], create["range_end"]), (b64("\0"), b64("\0")))
+
+    def test_watch_covers_our_prefix_where_msgo_keys_are_not_readable(self) -> None:
+        self.fake.allowed_prefix = b"/msrpc/"
         self.start_watch()
         create = self.stream.bodies[0]["create_request"]
         self.assertEqual((create["key"], create["range_end"]),
-                         (b64("/msrpc/services/arith/"), b64("/msrpc/services/arith0")))
+                         (b64("/msrpc/services/"), b64("/msrpc/services0")))
 
     def test_put_event_adds_an_instance(self) -> None:
         self.start_watch()
@@ -546,7 +577,6 @@ class WatchTests(WatchCase):
     def test_msgo_plain_key_is_watched_too(self) -> None:
         self.fake.put_raw("arith", "127.0.0.1:9000")
         self.start_watch()
-        self.assertEqual(self.stream.bodies[1]["create_request"]["key"], b64("arith"))
         self.send(watch_line([put_event("arith", "127.0.0.1:9001", 9)], 9))
         self.assertEqual([self.endpoints_of(s) for s in self.seen], [[9000], [9001]])
 
@@ -579,7 +609,7 @@ class WatchTests(WatchCase):
         self.router.hung.add(E1)
         watch = self.registry.watch("arith", self.seen.append)
         watch.stop()
-        self.assertEqual(self.router.tried, [E1, E1])
+        self.assertEqual(self.router.tried, [E1])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.seen, [])
 
@@ -610,7 +640,7 @@ class WatchRecoveryTests(WatchCase):
         self.stream.end()
         self.router.flush()
         self.clock.advance(1.0)
-        self.assertEqual(len(self.fake.calls_to("/v3/kv/range")), 2)  # prefix + plain, once
+        self.assertEqual(len(self.fake.calls_to("/v3/kv/txn")), 1)  # prefix + plain, once
 
     def test_resume_fails_over_to_another_endpoint(self) -> None:
         self.start_watch()
@@ -642,19 +672,15 @@ class WatchRecoveryTests(WatchCase):
         self.router.flush()
         self.assertEqual(self.stream.start_revision, 78)
 
-    def test_each_watcher_resumes_after_its_own_revision(self) -> None:
-        self.fake.put_raw("arith", "127.0.0.1:9000")   # two watchers: prefix and plain key
+    def test_events_of_other_keys_advance_the_resume_revision_too(self) -> None:
         self.start_watch()
-        plain_event = json.loads(watch_line([put_event("arith", "127.0.0.1:9001", 50)], 50))
-        plain_event["result"]["watch_id"] = "1"
-        self.send(json.dumps(plain_event).encode() + b"\n")
-        self.send(watch_line([put_event(KEY, ARITH.to_json(), 41)], 50))
+        self.send(watch_line([put_event("/unrelated/key", "x", 60)], 60))
         self.stream.end()
         self.router.flush()
         self.clock.advance(1.0)
         self.router.flush()
-        starts = [int(b["create_request"]["start_revision"]) for b in self.stream.bodies]
-        self.assertEqual(starts, [42, 51])
+        self.assertEqual(self.stream.start_revision, 61)
+        self.assertEqual(self.seen, [[]])
 
     def test_compaction_lists_again_and_rewatches_from_the_new_revision(self) -> None:
         self.start_watch()
@@ -662,7 +688,7 @@ class WatchRecoveryTests(WatchCase):
         self.send(self.stream.line({"canceled": True, "compact_revision": "3"}, 3))
         self.router.flush()
         self.assertTrue(self.fake.watches[0].closed)  # etcd leaves it open; we close it
-        self.assertEqual(len(self.fake.calls_to("/v3/kv/range")), 4)
+        self.assertEqual(len(self.fake.calls_to("/v3/kv/txn")), 2)
         self.assertEqual(self.stream.start_revision, self.fake.revision + 1)
         self.assertEqual(self.seen, [[], [ARITH]])
 

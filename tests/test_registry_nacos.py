@@ -44,6 +44,7 @@ class NacosTestCase(unittest.TestCase):
         self.net = Network({A: self.fake})
 
     def registry(self, servers: str = f"http://{A}", **kw: Any) -> NacosRegistry:
+        kw.setdefault("api", "v1")
         registry = NacosRegistry(MemoryReactor(), servers, clock=self.clock, http=self.net,
                                  **kw)
         return registry
@@ -70,7 +71,7 @@ class InterfaceTests(NacosTestCase):
         self.assertIs(backend_module("nacos"), nacos)
         names = [row[0] for row in nacos.OPTIONS]
         self.assertEqual(names, ["nacos", "nacos-namespace", "nacos-group", "nacos-cluster",
-                                 "nacos-user", "nacos-password-file", "nacos-ca", "nacos-cert",
+                                 "nacos-clusters", "nacos-api", "nacos-user", "nacos-password-file", "nacos-ca", "nacos-cert",
                                  "nacos-key", "nacos-timeout", "nacos-refresh",
                                  "nacos-push-port", "nacos-push-host", "nacos-push-refresh",
                                  "nacos-poll-budget", "nacos-ttl"])
@@ -354,6 +355,14 @@ class WatchTests(NacosTestCase):
         self.clock.pump([1.0] * 3)
         self.assertEqual(seen, [[9001]])
 
+    def test_a_watch_right_after_a_lookup_starts_from_its_list(self) -> None:
+        registry = self.registry(refresh=1)
+        self.register(registry, svc(9001))
+        self.successResultOf(registry.lookup("arith"))
+        lists = len(self.fake.seen("/v1/ns/instance/list"))
+        self.assertEqual(self.watch(registry), [[9001]])
+        self.assertEqual(len(self.fake.seen("/v1/ns/instance/list")), lists)
+
     def test_stopped_watch_polls_no_more(self) -> None:
         registry = self.registry(refresh=1)
         watch = registry.watch("arith", lambda _: None)
@@ -361,6 +370,18 @@ class WatchTests(NacosTestCase):
         before = len(self.fake.requests)
         self.clock.pump([1.0] * 3)
         self.assertEqual(len(self.fake.requests), before)
+
+
+class ConcurrencyTests(NacosTestCase):
+    def test_at_most_sixteen_requests_are_on_the_wire(self) -> None:
+        registry = self.registry(timeout=2.0)
+        self.net.hung.add(A)
+        lookups = [registry.lookup(f"s{i}") for i in range(40)]
+        self.assertEqual(len(self.net.tried), 16)
+        self.clock.advance(2.0)  # the first sixteen time out; the next sixteen go out
+        self.assertEqual(len(self.net.tried), 32)
+        for d in lookups:
+            d.addErrback(lambda f: None)
 
 
 class CloseTests(NacosTestCase):

@@ -136,6 +136,7 @@ class RegistryPushTestCase(unittest.TestCase):
 
     def registry(self, **kw: Any) -> NacosRegistry:
         kw.setdefault("push_host", "127.0.0.1")
+        kw.setdefault("api", "v1")
         kw.setdefault("refresh", 1.0)
         kw.setdefault("push_refresh", 10.0)
         registry = NacosRegistry(self.reactor, f"http://{A}", clock=self.clock,
@@ -146,9 +147,14 @@ class RegistryPushTestCase(unittest.TestCase):
     def lists(self) -> list:
         return self.fake.seen("/v1/ns/instance/list")
 
-    def push(self, name: str = "DEFAULT_GROUP@@arith", stamp: int = 1) -> None:
+    def push(self, name: str = "DEFAULT_GROUP@@arith", stamp: int = 1,
+             hosts: Any = None) -> None:
+        """What Nacos pushes: by default the service's instances as the fake now has them."""
+        if hosts is None:
+            hosts = [h for (_, _, s, _, _, _), h in self.fake.instances.items()
+                     if f"DEFAULT_GROUP@@{s}" == name]
         [port] = self.reactor.ports
-        port.protocol.datagramReceived(push_packet(name, stamp), NACOS_ADDR)
+        port.protocol.datagramReceived(push_packet(name, stamp, hosts=hosts), NACOS_ADDR)
 
     def watch(self, registry: NacosRegistry, service: str = "arith") -> list[list[int]]:
         seen: list[list[int]] = []
@@ -188,7 +194,7 @@ class SubscriptionTests(RegistryPushTestCase):
 
     def test_a_reactor_without_udp_polls_only(self) -> None:
         registry = NacosRegistry(MemoryReactor(), f"http://{A}", clock=self.clock,
-                                 http=self.net, push_host="127.0.0.1", refresh=1.0)
+                                 http=self.net, push_host="127.0.0.1", refresh=1.0, api="v1")
         self.successResultOf(registry.lookup("arith"))
         self.assertNotIn("udpPort", self.lists()[0].args)
         self.assertFalse(registry.push_working)
@@ -233,6 +239,14 @@ class PushedWatchTests(RegistryPushTestCase):
         self.clock.advance(1.0)
         self.assertEqual(len(self.lists()), 2)
         self.assertTrue(registry.push_working)
+
+    def test_a_push_of_the_list_we_have_lists_nothing(self) -> None:
+        registry = self.registry()
+        self.successResultOf(registry.register(svc(9001)))
+        seen = self.watch(registry)
+        self.push()  # as Nacos does for a new subscriber
+        self.assertEqual((seen, len(self.lists())), ([[9001]], 1))
+        self.assertEqual(len(self.reactor.ports[0].written), 1)  # acknowledged
 
     def test_a_push_of_another_group_or_an_unwatched_service_lists_nothing(self) -> None:
         registry = self.registry()
@@ -294,8 +308,9 @@ class LostPushTests(RegistryPushTestCase):
         self.assertFalse(registry.push_working)
         self.push()
         self.assertTrue(registry.push_working)
+        self.clock.advance(1.0)  # the poll already due at the short interval
         lists = len(self.lists())
-        self.clock.pump([1.0] * 9)
+        self.clock.pump([1.0] * 8)
         self.assertEqual(len(self.lists()), lists)
 
 

@@ -47,7 +47,9 @@ class NacosOverTLSTests(unittest.TestCase):
 
         def check(found: Any) -> None:
             self.assertEqual(found, [])
-            self.assertEqual([r.path for r in self.fake.requests], ["/v1/ns/instance/list"])
+            # the API probe (this Nacos has no v3: 404), then the lookup, both over TLS
+            self.assertEqual([r.path for r in self.fake.requests],
+                             ["/v3/client/ns/instance/list", "/v1/ns/instance/list"])
 
         return d.addCallback(check)
 

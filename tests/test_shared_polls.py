@@ -111,6 +111,15 @@ class SharingTests(SharedPollsTestCase):
         self.assertEqual(self.registry.count(), 11)
         self.assertEqual(seen, [[[1]]] * 5)
 
+    def test_a_watch_given_a_fresh_list_polls_within_one_period_not_at_once(self) -> None:
+        polls = self.polls(interval=10.0, rng=random.Random(3))
+        seen: list[list[int]] = []
+        polls.watch("svc", lambda i: seen.append([x.port for x in i]), initial=[inst(4)])
+        self.assertEqual((seen, self.registry.count()), ([[4]], 0))
+        self.clock.pump([0.5] * 20)
+        self.assertEqual(self.registry.count(), 1)
+        self.assertEqual(seen, [[4], []])  # the poll found it gone
+
     def test_a_later_watch_gets_the_known_list_without_a_poll(self) -> None:
         self.registry.ports["svc"] = [1]
         polls = self.polls()

@@ -4,7 +4,8 @@ The etcd registry (``--registry etcd``), spoken through etcd's v3 JSON gateway.
 Layout: ``<prefix>/<service>/<instance-id>`` → ``ServiceInstance.to_json()``, bound to a
 lease that a keepalive refreshes every TTL/3; a process that dies stops refreshing and its
 keys vanish with the lease.  Lookups and watches also read msgo's plain layout, one key per
-service (``<service>`` → ``"host:port"``), so msrpc clients find msgo servers.
+service (``<service>`` → ``"host:port"``), so msrpc clients find msgo servers.  A lookup is
+one transaction reading both; every watch of a registry shares one stream (``etcd_watch``).
 """
 
 from __future__ import annotations
@@ -19,20 +20,20 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from msrpc.errors import RegistryError
 from msrpc.observe import RegistryEvents
 from msrpc.registry.etcd_api import (
-    EtcdAuthError, EtcdError, EtcdGateway, HTTPPoster, LineStream, b64, header_revision,
-    prefix_end, unb64, unwrap)
+    EtcdAuthError, EtcdError, EtcdGateway, HTTPPoster, b64, header_revision, prefix_end,
+    unb64)
+from msrpc.registry.etcd_watch import Listing, WatchHub
 from msrpc.registry.http import Endpoints, TLSFiles, make_http_client, make_pool
 from msrpc.registry.instance import DIALECT_KEY, ServiceInstance, parse_address
 from msrpc.registry.interface import (
     IRegistration, IRegistry, IServiceCatalog, IWatch, WatchCallback,
 )
-from msrpc.registry.polling import snapshot_key
+from msrpc.registry.recent import RecentLookups
 from msrpc.registry.registration import Registration
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
@@ -65,17 +66,6 @@ class _Outage:
         if self.failing:
             self.failing = False
             self.log.info(what, **fields)
-
-
-def _forbidden_is_none(failure: Failure) -> None:
-    failure.trap(EtcdAuthError)
-    return None
-
-
-def _first_error(failure: Failure) -> Failure:
-    """``gatherResults`` wraps the failure that stopped it; give back the original."""
-    failure.trap(defer.FirstError)
-    return failure.value.subFailure
 
 
 def _sorted(instances: Iterable[ServiceInstance]) -> list[ServiceInstance]:
@@ -182,162 +172,6 @@ class _LeaseKeeper:
         return True
 
 
-# --------------------------------------------------------------------------- watch
-
-
-class _Compacted(Exception):
-    """The watch start revision was compacted away: list again."""
-
-
-class _Canceled(Exception):
-    """etcd canceled the watch in-band (auth, permissions): authenticate and retry."""
-
-
-@implementer(IWatch)
-class _ServiceWatch:
-    """
-    List, then stream changes from the listed revision + 1, keeping the instance map
-    current and calling back with the full list on every change.  A dropped stream resumes
-    from the last revision seen (another endpoint if need be); a compacted one lists again.
-    """
-
-    log = Logger()
-
-    def __init__(self, registry: "EtcdRegistry", service: str, callback: WatchCallback,
-                 backoff: Backoff) -> None:
-        self._registry = registry
-        self._gateway = registry.gateway
-        self.service = service
-        self._callback = callback
-        self._backoff = backoff
-        self._kvs: dict[bytes, ServiceInstance] = {}
-        # Per watcher of the stream (0: our prefix, 1: msgo's plain key), the revision up
-        # to which its changes are in _kvs; each resumes after its own.  Empty = list again.
-        self._revisions: dict[int, int] = {}
-        self._with_plain = False               # whether msgo's plain key is readable
-        self._last: Optional[tuple] = None
-        self._token: Optional[str] = None      # the one the current stream was opened with
-        self._created = False                  # the current stream got its "created" line
-        self._streamed = False                 # some stream was created before this one
-        self._stopped = False
-        self._outage = _Outage(self.log)
-        self._task = defer.Deferred.fromCoroutine(self._run())
-        self._task.addErrback(lambda f: None if self._stopped else self.log.failure(
-            "watch of {service} died", f, service=service))
-
-    def stop(self) -> None:
-        if not self._stopped:
-            self._stopped = True
-            self._task.cancel()
-            self._registry._forget(self)
-
-    async def _run(self) -> None:
-        failures = 0
-        while not self._stopped:
-            self._created = False
-            error: Optional[BaseException] = None
-            try:
-                if not self._revisions:
-                    await self._list()
-                await self._stream()
-            except _Compacted:
-                self.log.info("watch of {service} fell behind a compaction; listing again",
-                              service=self.service)
-                self._revisions = {}
-                continue
-            except defer.CancelledError:
-                if self._stopped:
-                    return
-                raise
-            except Exception as e:
-                if self._stopped:  # a cancel can surface as another exception
-                    return
-                error = e
-            if self._created:
-                failures = 0
-            if error is None:
-                self.log.info("watch stream of {service} ended; resuming after revision "
-                              "{revision}", service=self.service,
-                              revision=min(self._revisions.values()))
-            else:
-                self._registry.events.error("watch", error)
-                self._outage.failed("watch of {service} interrupted, retrying", error,
-                                    service=self.service)
-                if isinstance(error, (_Canceled, EtcdAuthError)):
-                    await self._gateway.refresh_token(stale=self._token)
-            await task.deferLater(self._gateway.clock, self._backoff(failures), lambda: None)
-            failures += 1
-
-    async def _list(self) -> None:
-        revision, kvs, plain = await self._registry._read(self.service)
-        self._kvs, self._with_plain = kvs, plain
-        self._revisions = {0: revision, 1: revision} if plain else {0: revision}
-        self._notify()
-
-    async def _stream(self) -> None:
-        """One watch stream, until it ends or fails."""
-        prefix = self._registry._service_prefix(self.service).encode()
-        ranges = [{"key": b64(prefix), "range_end": b64(prefix_end(prefix))},
-                  {"key": b64(self.service)}]
-        # etcd numbers the watchers of one stream 0, 1, ... in request order.
-        requests = [{"create_request": {**ranges[watch_id], "progress_notify": True,
-                                        "start_revision": str(revision + 1)}}
-                    for watch_id, revision in sorted(self._revisions.items())]
-        response, self._token = await self._gateway.open_stream("/v3/watch", requests)
-        stream = LineStream(self._on_line)
-        response.deliverBody(stream)
-        await stream.finished
-
-    def _on_line(self, line: dict[str, Any]) -> None:
-        result = unwrap(line)
-        if result.get("canceled"):
-            if int(result.get("compact_revision", 0)) > 0:
-                raise _Compacted(result["compact_revision"])
-            raise _Canceled(result.get("cancel_reason") or "watch canceled by etcd")
-        if result.get("created"):
-            if not self._created:
-                self._created = True
-                self._outage.recovered("watch of {service} is back", service=self.service)
-                if self._streamed:
-                    self._registry.events.watch_reconnected(self.service)
-                self._streamed = True
-            return
-        watch_id = int(result.get("watch_id", 0))
-        events = result.get("events")
-        if not events:  # a progress notification: this watcher is complete up to here
-            self._advance(watch_id, header_revision(result))
-            return
-        for event in events:
-            kv = event["kv"]
-            key = unb64(kv["key"])
-            if event.get("type") == "DELETE":
-                self._kvs.pop(key, None)
-            else:
-                instance = self._registry._decode(self.service, key, kv.get("value", ""))
-                if instance is not None:
-                    self._kvs[key] = instance
-                else:
-                    self._kvs.pop(key, None)
-            self._advance(watch_id, int(kv.get("mod_revision", 0)))
-        self._notify()
-
-    def _advance(self, watch_id: int, revision: int) -> None:
-        """Note how far a watcher has delivered (another one may still be catching up)."""
-        if watch_id in self._revisions:
-            self._revisions[watch_id] = max(self._revisions[watch_id], revision)
-
-    def _notify(self) -> None:
-        instances = _sorted(self._kvs.values())
-        key = snapshot_key(instances)
-        if key == self._last or self._stopped:
-            return
-        self._last = key
-        try:
-            self._callback(instances)
-        except Exception:
-            self.log.failure("watch callback for {service} raised", service=self.service)
-
-
 # --------------------------------------------------------------------------- the registry
 
 
@@ -372,7 +206,12 @@ class EtcdRegistry:
         self.ttl = ttl
         self._backoff = backoff or default_backoff()
         self._keepers: list[_LeaseKeeper] = []
-        self._watches: list[_ServiceWatch] = []
+        self._hub = WatchHub(self, self._backoff)
+        #: Whether we may read msgo's plain keys (None: not tried yet).
+        self._plain_readable: Optional[bool] = None
+        #: Recent lookups, which a watch that follows starts from (after their revision:
+        #: nothing is missed, however old, unless etcd compacted it meanwhile).
+        self._recent: RecentLookups[Listing] = RecentLookups(reactor)
         self._closed = False
         #: Errors and watch reconnects, for observers (``msrpc.observe``).
         self.events = RegistryEvents(self.name)
@@ -433,8 +272,9 @@ class EtcdRegistry:
 
     def lookup(self, service: str) -> "defer.Deferred[list[ServiceInstance]]":
         async def lookup() -> list[ServiceInstance]:
-            _, kvs, _ = await self._read(service)
-            return _sorted(kvs.values())
+            listing = await self._read(service)
+            self._recent.remember(service, listing)
+            return _sorted(listing[1].values())
 
         return defer.Deferred.fromCoroutine(lookup())
 
@@ -450,16 +290,19 @@ class EtcdRegistry:
 
         return defer.Deferred.fromCoroutine(services())
 
+    @property
+    def watch_streams(self) -> int:
+        """Watch streams opened so far (one carries every watched service)."""
+        return self._hub.streams
+
     def watch(self, service: str, callback: WatchCallback) -> IWatch:
+        """
+        Watch ``service`` on the registry's one watch stream (``etcd_watch``), from the
+        revision of a lookup of it made in the last seconds, if any, else after listing it.
+        """
         self._check_open()
         self._service_prefix(service)  # validate now, not inside the loop
-        watch = _ServiceWatch(self, service, callback, self._backoff)
-        self._watches.append(watch)
-        return watch
-
-    def _forget(self, watch: _ServiceWatch) -> None:
-        if watch in self._watches:
-            self._watches.remove(watch)
+        return self._hub.watch(service, callback, self._recent.take(service))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -469,8 +312,8 @@ class EtcdRegistry:
         self._closed = True
 
         async def close() -> None:
-            for watch in list(self._watches):
-                watch.stop()
+            self._hub.stop()
+            self._recent.clear()
             keepers, self._keepers = self._keepers, []
             results = await defer.DeferredList(
                 [defer.Deferred.fromCoroutine(k.stop()) for k in keepers], consumeErrors=True)
@@ -487,29 +330,42 @@ class EtcdRegistry:
 
     # ----------------------------------------------------------------- reading
 
-    async def _read(self, service: str) -> tuple[int, dict[bytes, ServiceInstance], bool]:
+    async def _read(self, service: str) -> Listing:
         """
-        Both layouts of ``service`` → (revision, {key: instance}, plain key readable).  The
-        plain read may be forbidden to a user limited to our prefix; that only skips it.
+        Both layouts of ``service`` → (revision, {key: instance}, plain key readable), in
+        one transaction (one request, one revision).  A user limited to our prefix may not
+        read msgo's plain keys: then our prefix alone, from then on.
         """
         prefix = self._service_prefix(service).encode()
-        ours = self.gateway.call("/v3/kv/range", {"key": b64(prefix),
-                                                  "range_end": b64(prefix_end(prefix))})
-        plain = self.gateway.call("/v3/kv/range", {"key": b64(service)})
-        plain.addErrback(_forbidden_is_none)
-        answer, plain_answer = await defer.gatherResults(
-            [ours, plain], consumeErrors=True).addErrback(_first_error)
+        ours = {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
+        if self._plain_readable is not False:
+            try:
+                answer = await self.gateway.call("/v3/kv/txn", {"success": [
+                    {"request_range": ours}, {"request_range": {"key": b64(service)}}]})
+            except EtcdAuthError:
+                if self._plain_readable:
+                    raise  # it was readable: this is about our credentials
+            else:
+                self._plain_readable = True
+                ranges = [r.get("response_range") or {} for r in answer.get("responses", [])]
+                return header_revision(answer), self._instances(service, ranges), True
+        answer = await self.gateway.call("/v3/kv/range", ours)
+        if self._plain_readable is None:
+            self.log.info("reading only {prefix}: this etcd user may not read msgo's plain "
+                          "keys", prefix=self.prefix + "/")
+            self._plain_readable = False
+        return header_revision(answer), self._instances(service, [answer]), False
+
+    def _instances(self, service: str, ranges: Iterable[Mapping[str, Any]]
+                   ) -> dict[bytes, ServiceInstance]:
         kvs: dict[bytes, ServiceInstance] = {}
-        # Two reads, maybe at two revisions: watching from the older one replays a few
-        # events already applied, which is harmless, where the newer one could miss some.
-        revision = min(header_revision(m) for m in (answer, plain_answer) if m)
-        for message in (answer, plain_answer or {}):
+        for message in ranges:
             for kv in message.get("kvs", []):
                 key = unb64(kv["key"])
                 instance = self._decode(service, key, kv.get("value", ""))
                 if instance is not None:
                     kvs[key] = instance
-        return revision, kvs, plain_answer is not None
+        return kvs
 
 
 # --------------------------------------------------------------------------- options

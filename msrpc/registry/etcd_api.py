@@ -26,7 +26,7 @@ from twisted.web.iweb import IResponse
 import treq
 
 from msrpc.errors import RegistryAuthError, RegistryError
-from msrpc.registry.http import Endpoints, with_timeout
+from msrpc.registry.http import Endpoints, request_slots, with_timeout
 
 T = TypeVar("T")
 
@@ -219,6 +219,7 @@ class EtcdGateway:
         self._auth_off = False      # the server said auth is not enabled
         self._auth_lock = defer.DeferredLock()
         self._inflight: set[defer.Deferred[Any]] = set()
+        self._slots = request_slots()
 
     def _track(self, d: "defer.Deferred[T]") -> "defer.Deferred[T]":
         self._inflight.add(d)
@@ -268,10 +269,13 @@ class EtcdGateway:
 
     def _attempt(self, path: str,
                  once: Callable[[str], Coroutine[Any, Any, T]]) -> "defer.Deferred[T]":
-        """``once(url)`` on each endpoint in turn, each try cut off after the timeout."""
+        """
+        ``once(url)`` on each endpoint in turn, each try in a request slot (a stream holds
+        its slot until its headers are in) and cut off after the timeout once it has one.
+        """
         return defer.Deferred.fromCoroutine(self.endpoints.attempt(
-            lambda url: with_timeout(defer.Deferred.fromCoroutine(once(url)), self.timeout,
-                                     self.clock),
+            lambda url: self._slots.run(lambda: with_timeout(
+                defer.Deferred.fromCoroutine(once(url)), self.timeout, self.clock)),
             what=path, backend=BACKEND))
 
     async def _post(self, url: str, data: bytes, token: Optional[str],

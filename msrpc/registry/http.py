@@ -22,6 +22,16 @@ T = TypeVar("T")
 
 log = Logger()
 
+#: Requests one registry client has on the wire at once (more wait for a slot): a client
+#: resolving a thousand services cold must not open a thousand connections, nor make
+#: its server time some of them out.
+MAX_IN_FLIGHT = 16
+
+
+def request_slots(limit: int = MAX_IN_FLIGHT) -> defer.DeferredSemaphore:
+    """Slots for a client's requests: ``slots.run(send)`` waits for one, then sends."""
+    return defer.DeferredSemaphore(limit)
+
 #: Failures that mean "this endpoint did not answer": try the next one.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     netError.ConnectError,          # refused, DNS, no route, TCP timeout (subclasses)
@@ -152,4 +162,4 @@ def with_timeout(d: "defer.Deferred[T]", timeout: Optional[float],
 
 
 __all__ = ["CONNECTION_ERRORS", "is_connection_error", "TLSFiles", "make_pool",
-           "make_http_client", "Endpoints", "with_timeout"]
+           "make_http_client", "Endpoints", "with_timeout", "request_slots", "MAX_IN_FLIGHT"]

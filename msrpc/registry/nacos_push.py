@@ -19,7 +19,9 @@ protocol this is.
 
 A datagram carries no credentials and anyone can send one, so a push is used only as a
 hint: it names a service, and the registry then lists that service again over its
-(authenticated, possibly TLS) HTTP connection.  Garbage is dropped with a throttled log line.
+(authenticated, possibly TLS) HTTP connection, unless the pushed list is the one it
+already has (as after subscribing: Nacos pushes the current list to a new subscriber).
+Garbage is dropped with a throttled log line.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class Push:
     last_ref_time: int
     name: str = ""
     clusters: str = ""
+    #: The pushed instances, as Nacos sent them (unverified: a hint, never applied).
+    hosts: tuple[Any, ...] = ()
 
     @property
     def group_and_service(self) -> tuple[str, str]:
@@ -96,7 +100,9 @@ def parse_push(datagram: bytes) -> Push:
     if not isinstance(info, dict) or not isinstance(info.get("name"), str) or not info["name"]:
         raise ValueError("push of a service without a name")
     clusters = info.get("clusters")
-    return Push(kind, last_ref_time, info["name"], clusters if isinstance(clusters, str) else "")
+    hosts = info.get("hosts")
+    return Push(kind, last_ref_time, info["name"], clusters if isinstance(clusters, str) else "",
+                tuple(h for h in hosts if isinstance(h, dict)) if isinstance(hosts, list) else ())
 
 
 class PushReceiver(DatagramProtocol):

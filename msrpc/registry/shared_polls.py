@@ -138,12 +138,24 @@ class SharedPolls:
         """Seconds between two polls of one service: the interval, or longer under budget."""
         return max(self._interval, len(self._entries) / self.budget)
 
-    def watch(self, service: str, callback: WatchCallback) -> IWatch:
+    def watch(self, service: str, callback: WatchCallback,
+              initial: Optional[Sequence[ServiceInstance]] = None) -> IWatch:
+        """
+        Call ``callback`` with the list of ``service`` now (``initial``, a fresh lookup's,
+        if given: its first poll then comes within one period) and after every change.
+        """
         entry = self._entries.get(service)
         if entry is None:
             entry = self._entries[service] = _Entry(service)
             entry.callbacks.append(callback)
-            self._due_now(entry, poked=False)
+            if initial is None:
+                self._due_now(entry, poked=False)
+            else:
+                entry.snapshot = snapshot_key(initial)
+                entry.instances = list(initial)
+                self._deliver(entry, callback)
+                self._schedule(entry, self.clock.seconds() + self.period() * self._rng.random())
+                self._arm()
         else:
             entry.callbacks.append(callback)
             if entry.snapshot is not None:
@@ -161,6 +173,11 @@ class SharedPolls:
             start = self._pokes.reserve(self.clock.seconds())
             self._start_or_schedule(entry, start, poked=True)
         return True
+
+    def holds(self, service: str, instances: Sequence[ServiceInstance]) -> bool:
+        """Whether the last list of a watched ``service`` is ``instances`` (no change)."""
+        entry = self._entries.get(service)
+        return entry is not None and entry.snapshot == snapshot_key(instances)
 
     def poll_all_soon(self) -> None:
         """Every service polled again as soon as the budget allows (e.g. push just started)."""
