@@ -40,9 +40,10 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 _HEX_AND_DASHES = b"0123456789abcdef-"
 _new_tuple = tuple.__new__
 _random_bits = random.getrandbits
-_PARENT_BITS = (1 << 64) - 1
 _NO_TRACE = "0" * 32
 _NO_SPAN = "0" * 16
+_NO_TRACE_PREFIX = f"00-{_NO_TRACE}"
+_NO_SPAN_FIELD = f"-{_NO_SPAN}-"
 
 
 class TraceContext(NamedTuple):
@@ -108,11 +109,12 @@ class TraceContext(NamedTuple):
 
 def new_traceparent(flags: str = "00") -> str:
     """A ``traceparent`` starting a new trace (random trace and parent ids)."""
-    ids = _random_bits(192)  # one draw: 128 bits of trace id, 64 of parent id
-    while not ids >> 64 or not ids & _PARENT_BITS:  # all-zero ids are invalid
-        ids = _random_bits(192)
-    hexed = ids.to_bytes(24, "big").hex()
-    return f"00-{hexed[:32]}-{hexed[32:]}-{flags}"
+    # One draw: 16 bytes of trace id, then 8 of parent id, hexed with the dash between
+    # (``bytes.hex`` places it: no slicing).  All-zero ids are invalid: draw again.
+    traceparent = f"00-{_random_bits(192).to_bytes(24, 'big').hex('-', -16)}-{flags}"
+    while traceparent.startswith(_NO_TRACE_PREFIX) or _NO_SPAN_FIELD in traceparent:
+        traceparent = f"00-{_random_bits(192).to_bytes(24, 'big').hex('-', -16)}-{flags}"
+    return traceparent
 
 
 #: The current trace context; or, in a request's own context until something reads it,

@@ -52,6 +52,12 @@ class ParseTests(TestCase):
         self.assertNotEqual(a.trace_id, b.trace_id)
         self.assertEqual((a.sampled, b.sampled), (False, True))
 
+    def test_all_zero_ids_are_drawn_again(self) -> None:
+        draws = iter([0, 1 << 64, 1, (2 << 64) | 3])  # no trace id; no parent id; ...
+        self.patch(tracecontext, "_random_bits", lambda bits: next(draws))
+        self.assertEqual(TraceContext.new().traceparent,
+                         f"00-{2:032x}-{3:016x}-00")
+
     def test_use_sets_and_restores_the_current_context(self) -> None:
         context = TraceContext.new()
         self.assertIsNone(tracecontext.current())
