@@ -111,10 +111,10 @@ def new_traceparent(flags: str = "00") -> str:
     """A ``traceparent`` starting a new trace (random trace and parent ids)."""
     # One draw: 16 bytes of trace id, then 8 of parent id, hexed with the dash between
     # (``bytes.hex`` places it: no slicing).  All-zero ids are invalid: draw again.
-    traceparent = f"00-{_random_bits(192).to_bytes(24, 'big').hex('-', -16)}-{flags}"
-    while traceparent.startswith(_NO_TRACE_PREFIX) or _NO_SPAN_FIELD in traceparent:
+    while True:
         traceparent = f"00-{_random_bits(192).to_bytes(24, 'big').hex('-', -16)}-{flags}"
-    return traceparent
+        if not (traceparent.startswith(_NO_TRACE_PREFIX) or _NO_SPAN_FIELD in traceparent):
+            return traceparent
 
 
 #: The current trace context; or, in a request's own context until something reads it,
@@ -169,9 +169,7 @@ class TraceContextPropagation:
             if self.start_traces:
                 meta[TRACEPARENT] = new_traceparent()
             return
-        meta[TRACEPARENT] = context.traceparent
-        if context.tracestate:
-            meta[TRACESTATE] = context.tracestate
+        context.to_meta(meta)
 
 
 __all__ = ["TraceContext", "TraceContextPropagation", "current", "use", "new_traceparent",
