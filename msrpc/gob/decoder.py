@@ -33,6 +33,9 @@ _INT32 = 1 << 31
 _BUILTIN_NAMES = {BOOL_ID: "bool", INT_ID: "int", UINT_ID: "uint", FLOAT_ID: "float",
                   BYTES_ID: "[]byte", STRING_ID: "string", COMPLEX_ID: "complex",
                   INTERFACE_ID: "interface"}
+#: The ``GoType.kind`` each predefined value type decodes into (the interface aside).
+_BASIC_KINDS = {BOOL_ID: "bool", INT_ID: "int", UINT_ID: "uint", FLOAT_ID: "float",
+                BYTES_ID: "bytes", STRING_ID: "string", COMPLEX_ID: "complex"}
 _double = struct.Struct(">d").unpack
 _MISSING = object()
 #: Type definitions read before, by their message's bytes (see Decoder._known_definition).
@@ -312,39 +315,28 @@ class Decoder:
         if target is INTERFACE and type_id != INTERFACE_ID:
             target = None  # a field declared Any takes whatever the peer sends
         kind = target.kind if target is not None else ""
-        if type_id == INT_ID:
-            if kind not in ("", "int"):
+        basic = _BASIC_KINDS.get(type_id)
+        if basic is not None:
+            if kind not in ("", basic):
                 raise self._mismatch(type_id, target)  # type: ignore[arg-type]
-            return _fit_int(self._int(), target)
-        if type_id == STRING_ID:
-            if kind not in ("", "string"):
-                raise self._mismatch(type_id, target)  # type: ignore[arg-type]
-            return self._string()
-        if type_id == UINT_ID:
-            if kind not in ("", "uint"):
-                raise self._mismatch(type_id, target)  # type: ignore[arg-type]
-            return _fit_int(self._uint(), target)
-        if type_id == BOOL_ID:
-            if kind not in ("", "bool"):
-                raise self._mismatch(type_id, target)  # type: ignore[arg-type]
-            return self._uint() != 0
-        if type_id == FLOAT_ID:
-            if kind not in ("", "float"):
-                raise self._mismatch(type_id, target)  # type: ignore[arg-type]
-            return _fit_float(self._float(), target)
+            if type_id == INT_ID:
+                return _fit_int(self._int(), target)
+            if type_id == STRING_ID:
+                return self._string()
+            if type_id == UINT_ID:
+                return _fit_int(self._uint(), target)
+            if type_id == BOOL_ID:
+                return self._uint() != 0
+            if type_id == FLOAT_ID:
+                return _fit_float(self._float(), target)
+            if type_id == BYTES_ID:
+                return self._bytes(self.limits.max_bin_len)
+            real = self._float()  # COMPLEX_ID
+            return _fit_float(complex(real, self._float()), target)
         if type_id == INTERFACE_ID:
             if target is not None and target is not INTERFACE:
                 raise self._mismatch(type_id, target)
             return self._interface()
-        if type_id == BYTES_ID:
-            if kind not in ("", "bytes"):
-                raise self._mismatch(type_id, target)  # type: ignore[arg-type]
-            return self._bytes(self.limits.max_bin_len)
-        if type_id == COMPLEX_ID:
-            if kind not in ("", "complex"):
-                raise self._mismatch(type_id, target)  # type: ignore[arg-type]
-            real = self._float()
-            return _fit_float(complex(real, self._float()), target)
         wire = self._wire(type_id)
         if target is not None and kind != wire.kind and not (
                 wire.kind == "slice" and kind == "bytes"):
