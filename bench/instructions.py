@@ -5,6 +5,7 @@ when the machine is busy, so a change of 1 % reads as clearly as one of 30 %.
     python -m bench.instructions                      # msrpc next to the baseline
     python -m bench.instructions --observe metrics --observe w3c --observe otel
     python -m bench.instructions --batch 64 --calls 16384 --keep .cache/callgrind
+    python -m bench.instructions --payload 1k --batch 16     # a 1 KiB bytes echo
 
 Each cell (side, system, batch) runs ``bench.percall``'s session of that side in its
 own process under ``valgrind --tool=callgrind``: it sets the side up, warms it up
@@ -45,9 +46,16 @@ def _session(side: str, system: str, batch: int) -> Any:
     return getattr(percall, f"msrpc_{side}_session")(batch, observers)
 
 
-def run_cell(side: str, system: str, batch: int, calls: int, warmup: int) -> None:
+def run_cell(side: str, system: str, batch: int, calls: int, warmup: int,
+             payload: int = 0, kind: str = "bytes") -> None:
     """In the process valgrind watches: set up, warm up, count ``calls`` calls."""
+    from bench import workload
+
+    from bench import percall
+
     random.seed(0)
+    workload.configure(payload or None, kind)
+    percall.VALUE = workload.request(1)
     session = _session(side, system, batch)
     for _ in range(max(1, warmup // batch)):
         session.run(session.prepare())
@@ -62,18 +70,18 @@ def run_cell(side: str, system: str, batch: int, calls: int, warmup: int) -> Non
 
 
 def count(side: str, system: str, batch: int, calls: int, warmup: int,
-          keep: Optional[str]) -> float:
+          keep: Optional[str], payload: int = 0, kind: str = "bytes") -> float:
     """Instructions per call of one cell."""
     calls = max(1, calls // batch) * batch
     where = keep or tempfile.mkdtemp(prefix="msrpc-callgrind-")
-    base = os.path.join(where, f"callgrind.{side}.{system}.{batch}")
+    base = os.path.join(where, f"callgrind.{side}.{system}.{batch}.{payload}{kind[0]}")
     for stale in _parts(base):
         os.remove(stale)
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={base}",
                f"--zero-before={_START}", f"--dump-before={_STOP}",
                sys.executable, "-m", "bench.instructions", "--cell", side, system,
-               str(batch), str(calls), str(warmup)]
+               str(batch), str(calls), str(warmup), "--payload", str(payload), "--kind", kind]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     try:
         if done.returncode != 0:
@@ -119,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--observe", action="append", default=[],
                         help="also count msrpc with these observers on, both sides "
                         "(repeatable; bench.percall --observe names: metrics, w3c, otel)")
+    parser.add_argument("--payload", default="0", metavar="SIZE",
+                        help="echo a payload of this size (1k, 64k) instead of the small dict")
+    parser.add_argument("--kind", choices=("bytes", "str"), default="bytes",
+                        help="the payload's type (with --payload)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="count msrpc only (the ratio column is then left out)")
     parser.add_argument("--keep", metavar="DIR",
@@ -126,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.cell:
         side, system, batch, calls, warmup = args.cell
-        run_cell(side, system, int(batch), int(calls), int(warmup))
+        run_cell(side, system, int(batch), int(calls), int(warmup), int(args.payload),
+                 args.kind)
         return
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not installed (apt-get install valgrind)")
@@ -137,15 +150,20 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown observer(s) {', '.join(sorted(unknown))}")
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
+    from bench.workload import parse_size
+
+    payload = parse_size(args.payload) if args.payload != "0" else 0
     systems = ([] if args.no_baseline else ["baseline"]) + ["msrpc"] + args.observe
     print(f"instructions per call (callgrind), {args.calls} calls per cell after "
-          f"{args.warmup} warm-up calls")
+          f"{args.warmup} warm-up calls"
+          + (f", {args.payload} {args.kind} payload" if payload else ""))
     print(f"{'side':6}  {'batch':>5}  " + "  ".join(f"{name:>9}" for name in systems)
           + ("  ratio" if not args.no_baseline else "")
           + "".join(f"  {'+' + name:>9}" for name in args.observe), flush=True)
     for batch in args.batch or [64, 1]:
         for side in args.side or ["client", "server"]:
-            counts = {name: count(side, name, batch, args.calls, args.warmup, args.keep)
+            counts = {name: count(side, name, batch, args.calls, args.warmup, args.keep,
+                                  payload, args.kind)
                       for name in systems}
             line = f"{side:6}  {batch:5}  " + "  ".join(f"{counts[name]:9,.0f}"
                                                         for name in systems)

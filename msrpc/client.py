@@ -25,7 +25,7 @@ from msrpc.balance import Balancer, make_balancer
 from msrpc.codec import SERIALIZERS, make_codecs
 from msrpc.deadline import Deadlines
 from msrpc.health import EjectionPolicy, Health
-from msrpc.observe import CANCELLED, CLIENT, client_events, combine
+from msrpc.observe import CANCELLED, CLIENT, TimedProtocol, client_events, combine
 from msrpc.errors import (
     CallTimeout, ConnectionLost, EncodeError, MsrpcError, NoInstances, Unavailable,
 )
@@ -126,8 +126,9 @@ class Call(Deferred):  # type: ignore[type-arg]
                 tally = tallies[self.service][self.method]
             except KeyError:
                 tally = client._observer.tally(CLIENT, self.service, self.method)
-            durations = tally.durations  # Tally.add, inline
-            durations.append(client._seconds() + self.timeout - self.deadline)
+            durations = tally.durations  # Tally.add, inline; timed by the reply's read
+            durations.append((self.protocol.read_at or client._seconds())  # type: ignore
+                             + self.timeout - self.deadline)
             if len(durations) >= tally.fold_at:
                 tally.fold()
         self.callback(data)
@@ -323,6 +324,9 @@ class Client:
                                     else None)
         self._call_class: type[Call] = (
             ObservedCall if self._calls is not None else TalliedCall if tallied else Call)
+        if tallied:
+            self._pool.protocol_factory = lambda settings, dispatcher, sweeper: \
+                TimedProtocol(settings, dispatcher, sweeper, reactor)
         self._events = client_events(self._observer)
         self._health = Health(reactor, self._resolver, ejection, self._events)
         self.stats: Counter[str] = Counter()

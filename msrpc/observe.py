@@ -371,15 +371,20 @@ class ObservedProtocol(RpcProtocol):
     its size unknown (0).
 
     With per-call observers (``ICallObserver``) a call is a ``ServerCall`` they are
-    told of.  With tallies only (metrics) it is a tuple (tally, arrival time, request
-    bytes) until its response: a success then costs an append and two additions.
+    told of.  With tallies only (metrics) the dispatcher notes each call in
+    ``identified`` itself, no call made, and the sync handler's success takes it back
+    at once.  A success answered while its request's read is handled is timed with that
+    read: the responses of one read are written together once it has been handled, so
+    each took from the start of the read to that write (one clock read per read, not
+    one per call).
     """
 
     # Slots, not the instance dict: a dict past 30 keys (RpcProtocol's and these) loses
     # CPython's shared-key layout, and every ``self.x`` of the connection's hot path
     # gets slower (1 µs a call; see bench.instructions).
     __slots__ = ("observer", "_seconds", "_started", "_finished", "_tallies",
-                 "_known_tallies", "_tally_only", "observed", "_refused")
+                 "_known_tallies", "_tally_only", "observed", "identified", "_refused",
+                 "_read_at", "_read_answered")
 
     def __init__(self, settings: ProtocolSettings, dispatcher: Any, sweeper: Any,
                  observer: Observers, clock: IReactorTime) -> None:
@@ -391,27 +396,67 @@ class ObservedProtocol(RpcProtocol):
         self._finished = calls.call_finished if calls is not None else None
         self._tallies = observer.tallies
         self._known_tallies = observer.server_tallies
-        #: Calls are only counted: each is a tuple (``call_identified``).
+        #: Calls are only counted: each is a tuple.
         self._tally_only = calls is None and self._tallies is not None
-        #: request id → the call waiting for its response (a ``ServerCall``, or a tuple).
+        #: request id → the call waiting for its response (a ``ServerCall``, or a tuple
+        #: (tally, arrival time, request frame bytes)).
         self.observed: dict[int, Any] = {}
+        #: Calls only counted, as the dispatcher noted them (``RpcProtocol.identified``):
+        #: (request id, tally, arrival time, request body bytes), newest last.  Only
+        #: the newest is looked for there; looking for another moves all to ``observed``.
+        self.identified = [] if self._tally_only else None
         #: Why requests kept as tuples were refused (rare, so not in the tuple).
         self._refused: dict[int, str] = {}
+        #: While a read is handled (tallies only): when it started, and each success
+        #: answered for a request of that read, counted when it ends, as three entries:
+        #: its tally, request body bytes and response frame bytes.
+        self._read_at = 0.0
+        self._read_answered: Optional[list[Any]] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._tally_only:
+            RpcProtocol.dataReceived(self, data)
+            return
+        answered: list[Any] = []
+        self._read_answered = answered
+        self._read_at = started = self._seconds()
+        try:
+            RpcProtocol.dataReceived(self, data)  # writes this read's responses
+        finally:
+            self._read_answered = None
+        if answered:
+            _time_read(answered, self._seconds() - started)
 
     def call_identified(self, rid: int, service: str, method: str, meta: Any,
                         started: float, size: int) -> None:
-        if self._tally_only:  # metrics alone: the hot path (what ``_open`` does, inline)
-            tally: Any
-            try:
-                tally = self._known_tallies[service][method]
-            except KeyError:
-                tally = self._tally(service, method)
-            self.observed[rid] = (tally, started, HEADER_SIZE + size)
+        identified = self.identified
+        if identified is not None:  # counted only: what a counting dispatcher does itself
+            identified.append((rid, self._tally(service, method), started, size))
             return
         self._open(rid, service, method, meta, started, HEADER_SIZE + size)
 
+    def _settle(self) -> None:
+        """Move the calls noted in ``identified`` to ``observed``."""
+        identified = self.identified or []
+        for rid, tally, started, size in identified:
+            self.observed[rid] = (tally, started, HEADER_SIZE + size)
+        identified.clear()
+
+    def _take(self, rid: int) -> Any:
+        """Stop following request ``rid``: its call, or None if none is followed."""
+        identified = self.identified
+        if identified:
+            if identified[-1][0] == rid:
+                _, tally, started, size = identified.pop()
+                return (tally, started, HEADER_SIZE + size)
+            self._settle()
+        return self.observed.pop(rid, None)
+
     def _tally(self, service: str, method: str) -> Optional[Tally]:
-        return self.observer.tally(SERVER, service, method)
+        try:
+            return self._known_tallies[service][method]
+        except KeyError:
+            return self.observer.tally(SERVER, service, method)
 
     def _open(self, rid: int, service: str, method: str, meta: Any, started: float,
               bytes_in: int, starts: bool = True) -> Any:
@@ -437,6 +482,8 @@ class ObservedProtocol(RpcProtocol):
     def note_refusal(self, rid: int, code: int) -> None:
         """Why request ``rid`` is refused (a dialect refusing in its own framing, such as
         ``msrpc.msgo.server``, notes it here too)."""
+        if self.identified:
+            self._settle()
         call = self.observed.get(rid)
         if call is None:  # refused before its method was known
             call = self._open(rid, OTHER, OTHER, None, self._seconds(), 0, starts=False)
@@ -458,16 +505,17 @@ class ObservedProtocol(RpcProtocol):
             self.reply(rid, ser, 200, data)
             return
         size = _send_response(self, ser, rid, 200, body)
-        call = self.observed.pop(rid, None)
-        if type(call) is tuple:  # Tally.add, inline
-            tally, started, received = call
-            durations = tally.durations
-            durations.append(self._seconds() - started)
-            tally.received += received
-            tally.sent += size
-            if len(durations) >= tally.fold_at:
-                tally.fold()
-        elif call is not None:
+        identified = self.identified
+        answered = self._read_answered
+        if identified and answered is not None and identified[-1][0] == rid:
+            # Noted by the dispatcher for this request of the read being handled.
+            _, tally, _, received = identified.pop()
+            answered.append(tally)  # counted and timed with the read
+            answered.append(received)
+            answered.append(size)
+            return
+        call = self._take(rid)
+        if call is not None:
             self._ended(rid, call, 200, size)
 
     def _send_response(self, ser: int, rid: int, code: int, body: bytes) -> int:
@@ -481,7 +529,7 @@ class ObservedProtocol(RpcProtocol):
         return size
 
     def _answered(self, rid: int, code: int, size: int) -> None:
-        call = self.observed.pop(rid, None)
+        call = self._take(rid)
         if call is not None:
             self._ended(rid, call, code, size)
 
@@ -506,14 +554,55 @@ class ObservedProtocol(RpcProtocol):
         self._unanswered(rid)  # the server answers a cancelled call with nothing
 
     def _unanswered(self, rid: int) -> None:
-        call = self.observed.pop(rid, None)
+        call = self._take(rid)
         if call is not None:
             self._ended(rid, call, CANCELLED, 0)
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
+        if self.identified:
+            self._settle()
         for rid in list(self.observed):
             self._unanswered(rid)  # running calls whose caller hung up
+
+
+def _time_read(answered: list[Any], duration: float) -> None:
+    """Count the successes answered in one read, each taking ``duration``: ``answered``
+    holds (tally, request body bytes, response frame bytes) of each, flattened.  Usually
+    they are all of one method, which a few operations in C count."""
+    tallies: list[Tally] = answered[0::3]
+    first = tallies[0]
+    n = len(tallies)
+    if tallies.count(first) == n:
+        first.durations += [duration] * n
+        first.received += HEADER_SIZE * n + sum(answered[1::3])
+        first.sent += sum(answered[2::3])
+        if len(first.durations) >= first.fold_at:
+            first.fold()
+        return
+    for i in range(0, len(answered), 3):
+        tally, received, sent = answered[i:i + 3]
+        tally.add(duration, HEADER_SIZE + received, sent)
+
+
+class TimedProtocol(RpcProtocol):
+    """
+    A client connection that notes when each read began (``read_at``), for a client
+    that counts calls: a reply is timed from the read that brought it, one clock read
+    per read instead of one per call.
+    """
+
+    __slots__ = ("_seconds", "read_at")
+
+    def __init__(self, settings: ProtocolSettings, dispatcher: Any, sweeper: Any,
+                 clock: IReactorTime) -> None:
+        super().__init__(settings, dispatcher, sweeper)
+        self._seconds = clock.seconds
+        self.read_at = 0.0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.read_at = self._seconds()
+        RpcProtocol.dataReceived(self, data)
 
 
 def observed_protocol(settings: ProtocolSettings, dispatcher: Any, sweeper: Any,

@@ -212,6 +212,10 @@ class Pool:
         #: Whether our connections speak TLS (an instance that requires it needs this).
         self.tls = tls
         self.endpoints: dict[Key, Endpoint] = {}
+        #: Builds each connection (a client that counts calls times replies by the read
+        #: that brought them: ``msrpc.observe.TimedProtocol``).
+        self.protocol_factory: Callable[[ProtocolSettings, None, Sweeper], RpcProtocol] = \
+            RpcProtocol
 
     def acquire(self, host: str, port: int, tls_required: bool = False,
                 dialect: Optional[str] = None) -> Endpoint:
@@ -249,7 +253,7 @@ class Pool:
             del self.endpoints[endpoint.key]
 
     def open(self, endpoint: Endpoint) -> "Deferred[RpcProtocol]":
-        protocol = RpcProtocol(self.protocol_settings, None, self.sweeper)
+        protocol = self.protocol_factory(self.protocol_settings, None, self.sweeper)
         d = self.connector(endpoint.host, endpoint.port, protocol)
         # The endpoint's own timeout covers each attempt; this bounds the whole.
         d.addTimeout(self.settings.connect_timeout + 1, self.clock)

@@ -289,6 +289,13 @@ class RpcProtocol(Protocol):
 
     #: A body was written apart from its header since the last batched read.
     _apart = False
+    #: Where a dispatcher that counts calls (metrics) notes each request it is about to
+    #: run, as (request id, tally, arrival time, request body bytes): a list on the
+    #: connections that count (``msrpc.observe.ObservedProtocol``), None on others.
+    identified: Optional[list[Any]] = None
+    #: When the read being handled began (``msrpc.observe.TimedProtocol`` sets it; 0.0
+    #: on connections that do not time their reads).
+    read_at = 0.0
 
     def _send_response(self, ser: int, rid: int, code: int, data: bytes) -> int:
         """Write the response to ``rid`` (``code`` is in ``data``; observed connections

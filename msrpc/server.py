@@ -32,7 +32,7 @@ from msrpc.deadline import Deadlines
 from msrpc.errors import DecodeError, RegistryAuthError, RegistryError, RpcError
 from msrpc.healthcheck import HEALTH_SERVICE, HealthService
 from msrpc.limits import TokenBucket
-from msrpc.observe import Observers, combine, observed_protocol, registry_events
+from msrpc.observe import SERVER, Observers, combine, observed_protocol, registry_events
 from msrpc.overflow import Overflow
 from msrpc.protocol import ProtocolSettings, RpcProtocol
 from msrpc.registry.instance import IDEMPOTENT_KEY, ServiceInstance
@@ -141,6 +141,10 @@ class Dispatcher:
         #: (``incoming``), or both.
         self.observing = False
         self.identifying = False
+        #: Calls are only counted (metrics): each is noted in its connection's
+        #: ``identified`` with its method's tally, instead of told (``call_identified``).
+        self.counting = False
+        self._observer: Optional[Observers] = None
         self.incoming: Optional[Callable[[Any], None]] = None
         self._deadlines: Deadlines[_Running] = Deadlines(clock, self._expired)
         self._idle_waiters: list[Deferred[None]] = []
@@ -156,6 +160,7 @@ class Dispatcher:
         self.services[name] = obj
         for method in found.values():
             self.methods[(name, method.name)] = method
+        self._find_tallies()
 
     def limit_method(self, service: str, method: str, rate: float,
                      burst: Optional[float] = None) -> None:
@@ -170,8 +175,12 @@ class Dispatcher:
         """Tell ``observer`` of the requests dispatched from now on (None: stop).  When
         it sets context variables, each request runs in its own copy of the context."""
         self.observing = observer is not None
+        self._observer = observer
+        self.counting = (observer is not None and observer.calls is None
+                         and observer.tallies is not None)
         self.identifying = observer is not None and observer.follows_calls
         self.incoming = observer.incoming if observer is not None else None
+        self._find_tallies()
         if observer is not None and observer.contextual:
             self.request_received = self._in_own_context  # type: ignore[method-assign]
         else:
@@ -181,6 +190,13 @@ class Dispatcher:
                 del self.request_received
             except AttributeError:
                 pass
+
+    def _find_tallies(self) -> None:
+        """Give each method the tally its calls are counted in (None: not counted)."""
+        observer = self._observer if self.counting else None
+        for method in self.methods.values():
+            method.tally = (observer.tally(SERVER, method.service, method.name)
+                            if observer is not None else None)
 
     def _in_own_context(self, protocol: RpcProtocol, rid: int, comp: int, ser: int,
                         body: bytes) -> None:
@@ -242,7 +258,11 @@ class Dispatcher:
         if self.observing:
             if self.incoming is not None:
                 self.incoming(meta)  # trace context (msrpc.observe.ICallContext)
-            if self.identifying:
+            if self.counting:
+                noted = protocol.identified
+                if noted is not None:
+                    noted.append((rid, method.tally, now, len(body)))
+            elif self.identifying:
                 protocol.call_identified(rid, service, name, meta, now, len(body))
         remaining = meta.get("deadline") if meta.__class__ is dict else None
         # ``__class__ in`` is the cheap type test of the hot path; mypy cannot narrow it.

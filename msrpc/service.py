@@ -52,7 +52,8 @@ def hidden(fn: Any) -> Any:
 class Method:
     """One callable RPC method and what is checked before calling it."""
 
-    __slots__ = ("service", "name", "fn", "checker", "limiter", "idempotent", "blocking")
+    __slots__ = ("service", "name", "fn", "checker", "limiter", "idempotent", "blocking",
+                 "tally")
 
     def __init__(self, service: str, name: str, fn: Callable[..., Any],
                  idempotent: bool = False, check_types: bool = True,
@@ -65,6 +66,9 @@ class Method:
         self.blocking = blocking
         self.checker: Optional[Checker] = make_checker(fn) if check_types else None
         self.limiter: Optional[TokenBucket] = None
+        #: Where the server counts this method's calls (``msrpc.observe.Tally``), when
+        #: it counts them (metrics): found once, not per call.
+        self.tally: Any = None
 
     def __repr__(self) -> str:
         return f"<Method {self.service}.{self.name}>"

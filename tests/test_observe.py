@@ -18,7 +18,7 @@ from msrpc.health import EjectionPolicy
 from msrpc.observe import (
     CANCELLED, CLIENT, OTHER, SERVER, ICallContext, ICallObserver,
     ICallTallies, IClientObserver, IRegistryObserver, ObservedProtocol, Observers,
-    RegistryEvents, Tally, combine,
+    RegistryEvents, Tally, TimedProtocol, combine,
 )
 from msrpc.protocol import RpcProtocol
 from msrpc.registry.static import StaticRegistry
@@ -129,6 +129,10 @@ class Service:
 
     def current(self) -> Any:
         return CURRENT.get()
+
+    def tick(self) -> str:
+        self.net.clock.advance(1.0)  # a sync handler that takes a second
+        return "ticked"
 
 
 class ServerSideTests(TestCase):
@@ -332,6 +336,79 @@ class TallyTests(TestCase):
                 tally = tallies.tallies[(side, "svc", "add")]
                 self.assertEqual(tally.folded + tally.durations +
                                  [o[1] for o in tally.outcomes if o[0] == 200], [0.0])
+
+
+class ReadTimingTests(TestCase):
+    """A server that only counts calls times a success with the read its request came in:
+    the responses of a read are written together once it is handled."""
+
+    def setUp(self) -> None:
+        self.net = MemoryNetwork()
+        self.tallies = Tallies()
+        self.server = self.net.server({"svc": Service(self.net)}, observers=[self.tallies])
+        self.client = self.net.client(observers=[self.tallies])
+
+    def test_the_successes_of_one_read_share_its_duration(self) -> None:
+        calls = [self.client.call("svc", "tick") for _ in range(2)]  # one read
+        self.net.flush()
+        self.assertEqual([self.successResultOf(d) for d in calls], ["ticked"] * 2)
+        for side in (SERVER, CLIENT):
+            tally = self.tallies.tallies[(side, "svc", "tick")]
+            # Both responses left when the read was handled, two seconds after it began;
+            # the client timed both replies by the read that brought them.
+            self.assertEqual(tally.folded + tally.durations, [2.0, 2.0])
+            self.assertEqual(tally.outcomes, [])
+        server = self.tallies.tallies[(SERVER, "svc", "tick")]
+        self.assertEqual(server.received % 2, 0)
+        self.assertGreater(server.received, 2 * 17)
+        self.assertEqual(server.sent % 2, 0)
+        self.assertGreater(server.sent, 2 * 17)
+
+    def test_a_read_with_several_methods_counts_each_in_its_own(self) -> None:
+        tick = self.client.call("svc", "tick")
+        add = self.client.call("svc", "add", 1, 2)
+        self.net.flush()
+        self.assertEqual((self.successResultOf(tick), self.successResultOf(add)),
+                         ("ticked", 3))
+        for method in ("tick", "add"):
+            tally = self.tallies.tallies[(SERVER, "svc", method)]
+            self.assertEqual((tally.durations, tally.outcomes), ([1.0], []))
+            self.assertGreater(tally.received, 17)
+            self.assertGreater(tally.sent, 17)
+
+    def test_a_call_answered_in_a_later_read_is_timed_from_its_arrival(self) -> None:
+        slow = self.client.call("svc", "slow")
+        self.net.flush()
+        self.net.clock.advance(0.5)
+        add = self.client.call("svc", "add", 1, 2)  # noted after the slow one, answered
+        self.net.flush()
+        self.assertEqual(self.successResultOf(add), 3)
+        self.net.advance(1.5)
+        self.assertEqual(self.successResultOf(slow), "late")
+        server = self.tallies.tallies[(SERVER, "svc", "slow")]
+        self.assertEqual(server.folded + server.durations, [2.0])
+        self.assertEqual(self.tallies.tallies[(SERVER, "svc", "add")].durations, [0.0])
+
+    def test_connections_made_before_counting_began_are_not_counted(self) -> None:
+        net, tallies = MemoryNetwork(), Tallies()
+        server = net.server({"svc": Service(net)})
+        client = net.client()
+        client.call("svc", "add", 1, 2)
+        net.flush()
+        server.factory.observe(combine([tallies]))
+        self.assertTrue(server.dispatcher.counting)
+        d = client.call("svc", "add", 2, 3)  # on the plain connection made before
+        net.flush()
+        self.assertEqual(self.successResultOf(d), 5)
+        self.assertEqual(tallies.tallies[(SERVER, "svc", "add")].durations, [])
+
+    def test_a_client_that_counts_times_its_reads(self) -> None:
+        self.client.call("svc", "add", 1, 2)
+        self.net.clock.advance(7.0)
+        self.net.flush()
+        [endpoint] = self.client._pool.endpoints.values()
+        self.assertIsInstance(endpoint.protocol, TimedProtocol)
+        self.assertEqual(endpoint.protocol.read_at, 7.0)
 
 
 class ContextTests(TestCase):

@@ -88,6 +88,11 @@ class MsgoExchange:
         self.kwargs: Any = None
         self.meta: Any = None
 
+    @property
+    def read_at(self) -> float:
+        """When the read that brought the reply began (0.0: not timed)."""
+        return self.protocol.read_at
+
     def send_call(self, call: PendingCall) -> int:
         self.call = call
         self.service, self.method = call.service, call.method

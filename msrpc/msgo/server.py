@@ -210,6 +210,11 @@ class MsgoRequest:
             note(rid, code)
         self.reply(rid, ser, code, data, msg, details)
 
+    @property
+    def identified(self) -> Any:
+        """Where a dispatcher that counts calls notes them: the connection's."""
+        return self.protocol.identified
+
     def call_identified(self, rid: int, service: str, method: str, meta: Any,
                         started: float, size: int) -> None:
         self.protocol.call_identified(rid, service, method, meta, started, size)
