@@ -257,6 +257,15 @@ _DELETE_NOT_JSON_NESTING = bytes(b for b in range(256) if b not in b"[{")
 #: ``_BYTES_PER_VISIT`` bytes of body: a blob is a handful of values, whatever its size.
 _SCAN_MAX = 4096
 _BYTES_PER_VISIT = 64
+#: msgpack bodies longer than this (and at most ``_SCAN_MAX``) are decoded counting their
+#: containers, one hook call each, instead of scanned: a body made of few containers (a
+#: blob, a string, a record) costs a few calls instead of a byte scan.  Counting stops
+#: past one container per ``_BYTES_PER_CONTAINER`` bytes (a call costs what the scan
+#: of that many bytes does), and the body is then decoded and scanned as before.
+_COUNT_FROM = 256
+_BYTES_PER_CONTAINER = 128
+#: After a body that was not worth counting, the next this many are scanned directly.
+_SCAN_AFTER_MISS = 16
 #: Values that hold nothing (the walk skips them without a look).
 _SCALARS = frozenset({int, float, bool, type(None), str, bytes, Decimal, uuid.UUID,
                       dt.datetime, dt.date, dt.time, dt.timedelta})
@@ -268,7 +277,8 @@ def _nests_within(value: Any, max_depth: int, budget: int) -> Optional[bool]:
     Whether ``value`` nests at most ``max_depth`` levels, found by walking its containers
     level by level; None when that would visit more than ``budget`` values (the caller
     then falls back to its byte scan).  Containers are told from scalars by exact class,
-    registered objects by their fields.
+    registered objects by their fields.  Each level's values are gathered with list
+    extensions and sifted once: wide values (lists of records) cost little per value.
     """
     level = [value]
     for _ in range(max_depth):
@@ -276,25 +286,18 @@ def _nests_within(value: Any, max_depth: int, budget: int) -> Optional[bool]:
         for obj in level:
             cls = obj.__class__
             if cls is dict:
-                budget -= 2 * len(obj)
-                if budget < 0:
-                    return None
-                below += [k for k in obj if k.__class__ not in _SCALARS]
-                below += [v for v in obj.values() if v.__class__ not in _SCALARS]
+                below += obj  # keys can nest: tuples...
+                below += obj.values()
             elif cls in _SEQUENCES:
-                budget -= len(obj)
-                if budget < 0:
-                    return None
-                below += [v for v in obj if v.__class__ not in _SCALARS]
+                below += obj
             elif dataclasses.is_dataclass(obj) or attr.has(cls):
-                children = _limit_children(obj)
-                budget -= len(children)
-                if budget < 0:
-                    return None
-                below += children
-        if not below:
+                below += _limit_children(obj)
+        budget -= len(below)
+        if budget < 0:
+            return None
+        level = [obj for obj in below if obj.__class__ not in _SCALARS]
+        if not level:
             return True
-        level = below
     return not any(obj.__class__ is dict or obj.__class__ in _SEQUENCES or
                    dataclasses.is_dataclass(obj) or attr.has(obj.__class__)
                    for obj in level)
@@ -314,12 +317,14 @@ def _depth_broken(value: Any, data: bytes, limits: Limits,
     (``may_nest_deeper``, cheap on them) found enough nesting bytes; a long body is walked
     instead when it is made of few values, and scanned when it is not."""
     size = len(data)
-    if size > _SCAN_MAX:
-        within = _nests_within(value, limits.max_depth, size // _BYTES_PER_VISIT)
-        if within is not None:
-            return None if within else f"value nests deeper than {limits.max_depth} levels"
-        if not may_nest_deeper(data):
-            return None
+    # A short body, which its scan found many nesting bytes in, is walked whatever its
+    # number of values (at most one a byte); a long one only if it is made of few.
+    within = _nests_within(value, limits.max_depth,
+                           size if size <= _SCAN_MAX else size // _BYTES_PER_VISIT)
+    if within is not None:
+        return None if within else f"value nests deeper than {limits.max_depth} levels"
+    if size > _SCAN_MAX and not may_nest_deeper(data):
+        return None
     return _limit_broken(value, limits, sizes=False)
 
 
@@ -333,6 +338,12 @@ def _limit_broken(value: Any, limits: Limits, sizes: bool) -> Optional[str]:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         obj, depth = stack.pop()
+        if obj.__class__ in _SCALARS:  # most values: skip the class inspections below
+            if sizes:
+                problem = _size_broken(obj, limits)
+                if problem is not None:
+                    return problem
+            continue
         if isinstance(obj, dict):
             children: Iterable[Any] = chain(obj, obj.values())  # keys can nest: tuples...
         elif isinstance(obj, (list, tuple, set, frozenset)):
@@ -372,8 +383,18 @@ def _size_broken(obj: Any, limits: Limits) -> Optional[str]:
 # --------------------------------------------------------------------------- msgpack
 
 
+class _Uncounted(Exception):
+    """A counted decode stopped: more containers than were worth counting, or a
+    registered type (whose class is built by one decode only: the plain one)."""
+
+
+#: What ``MsgpackCodec._decode_counted`` returns when it stopped.
+_UNCOUNTED: Any = object()
+
+
 class MsgpackCodec:
-    """The default serializer (wire serializer id 2)."""
+    """The default serializer (wire serializer id 2).  Like its reused ``Packer``, a
+    codec decodes on one thread at a time (the reactor's)."""
 
     serializer = int(Serializer.MSGPACK)
     name = "msgpack"
@@ -387,6 +408,12 @@ class MsgpackCodec:
         # because a Packer is not re-entrant.
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True,
                                       strict_types=True, autoreset=True)
+        #: Containers a counted decode may still meet (-1: not counting), at most:
+        self._left = -1
+        self._max_left = limits.max_depth
+        #: Bodies to scan instead of count, after one that was not worth counting.
+        self._scan_next = 0
+        self._count = self._counted  # the hook, bound once
 
     # -- encoding
     def encode(self, obj: Any) -> bytes:
@@ -438,6 +465,14 @@ class MsgpackCodec:
 
     # -- decoding
     def decode(self, data: bytes) -> Any:
+        size = len(data)
+        if _COUNT_FROM < size <= _SCAN_MAX and size <= self._small:
+            if self._scan_next:
+                self._scan_next -= 1
+            else:
+                value = self._decode_counted(data, size)
+                if value is not _UNCOUNTED:
+                    return value
         try:
             value = self._unpack(data)
         except DecodeError:
@@ -448,7 +483,7 @@ class MsgpackCodec:
             raise DecodeError("value nests too deeply") from None
         except Exception as e:  # FormatError, StackError, ValueError(limits), Unicode, ...
             raise DecodeError(f"malformed msgpack: {e}") from None
-        size = len(data)  # every level of nesting takes a byte at least
+        # Every level of nesting takes a byte at least.
         if size > self.limits.max_depth and (size > _SCAN_MAX or self._may_nest_deeper(data)):
             problem = _depth_broken(value, data, self.limits, self._may_nest_deeper)
             if problem is not None:
@@ -457,6 +492,32 @@ class MsgpackCodec:
 
     def _may_nest_deeper(self, data: bytes) -> bool:
         return len(data.translate(None, _DELETE_NOT_MSGPACK_NESTING)) > self.limits.max_depth
+
+    def _decode_counted(self, data: bytes, size: int) -> Any:
+        """
+        ``data`` decoded with each container counted (ext payloads' too): as long as they
+        are at most its budget, which is below ``max_depth``, nothing in it can nest too
+        deep and no scan is needed.  ``_UNCOUNTED`` when counting stopped, or the body is
+        malformed: the plain decode then decodes it again, or says what is wrong.
+        """
+        left = size // _BYTES_PER_CONTAINER
+        self._left = left if left <= self._max_left else self._max_left
+        try:
+            return msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3,
+                                   strict_map_key=False, object_hook=self._count,
+                                   list_hook=self._count)
+        except Exception:
+            self._scan_next = _SCAN_AFTER_MISS
+            return _UNCOUNTED
+        finally:
+            self._left = -1
+
+    def _counted(self, container: Any) -> Any:
+        left = self._left - 1
+        if left < 0:
+            raise _Uncounted()
+        self._left = left
+        return container
 
     def _unpack(self, data: bytes) -> Any:
         """
@@ -467,6 +528,10 @@ class MsgpackCodec:
         size = len(data)
         if size <= self._small:
             # msgpack's own defaults already bound every length by the buffer size.
+            if self._left >= 0:  # an ext payload of a counted decode: counted too
+                return msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3,
+                                       strict_map_key=False, object_hook=self._count,
+                                       list_hook=self._count)
             return msgpack.unpackb(data, ext_hook=self._ext_hook, timestamp=3,
                                    strict_map_key=False)
         limits = self.limits
@@ -479,6 +544,8 @@ class MsgpackCodec:
             max_ext_len=size)
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
+        if self._left >= 0 and (code == EXT_OBJECT or code == EXT_ENUM):
+            raise _Uncounted()  # a registered class is built by the plain decode only
         try:
             if code == EXT_OBJECT:
                 pair = self._unpack(data)

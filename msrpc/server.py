@@ -126,6 +126,9 @@ class Dispatcher:
         #: under an asyncio reactor (``msrpc.aio.coroutine_runner``).
         self.run_coroutine: Callable[[Any], Deferred[Any]] = Deferred.fromCoroutine
         self.methods: dict[tuple[str, str], Method] = {}
+        #: (service, method name, Method) of the last request: names arrive as new
+        #: strings, and comparing them costs less than hashing them for the lookup.
+        self._last_method: tuple[Any, Any, Optional[Method]] = (None, None, None)
         self.services: dict[str, Any] = {}
         self.limiter: Optional[TokenBucket] = (
             TokenBucket(limits.rate, limits.burst, clock.seconds()) if limits.rate else None)
@@ -237,7 +240,13 @@ class Dispatcher:
                 request = protocol.decode_body(comp, ser, body)
             service = request["service"]
             name = request["method"]
-            method = self.methods.get((service, name))
+            last = self._last_method
+            if name == last[1] and service == last[0]:
+                method = last[2]
+            else:
+                method = self.methods.get((service, name))
+                if method is not None:
+                    self._last_method = (service, name, method)
         except DecodeError as e:
             protocol.refuse(rid, ser, 400, msg=f"undecodable request: {e}")
             return

@@ -55,6 +55,18 @@ class NotRegistered:
     secret: str
 
 
+@types.register(name="test.Built")
+@dataclass
+class Built:
+    """Counts how many times it is built."""
+
+    label: str
+    built = 0
+
+    def __post_init__(self) -> None:
+        Built.built += 1
+
+
 VALUES: list[Any] = [
     None, True, False, 0, -1, 2**62, 1.5, "text", "ünïcødé", b"\x00\xffbytes",
     [1, [2, [3]]], {"a": {"b": [1, 2]}}, (1, "two", (3.0,)), {1, 2, 3}, frozenset({"a"}),
@@ -341,6 +353,62 @@ class LimitTests(TestCase):
 
     def test_limits_must_be_positive(self) -> None:
         self.assertRaises(ValueError, Limits, max_depth=0)
+
+
+class CountedDecodeTests(TestCase):
+    """msgpack bodies of 257 bytes to 4 KiB are decoded counting their containers: a few
+    containers prove the nesting limit holds without a byte scan."""
+
+    def nested(self, depth: int) -> Any:
+        return LimitTests.nested(self, depth)  # type: ignore[arg-type]
+
+    def test_a_body_of_few_containers_is_not_scanned(self) -> None:
+        codec = MsgpackCodec(types, Limits(max_depth=20))
+        body = codec.encode({"blob": b"\x9f" * 1000, "items": [1, 2, 3]})
+
+        def scanned(data: bytes) -> bool:
+            raise AssertionError("the body was scanned")
+
+        codec._may_nest_deeper = scanned  # type: ignore[method-assign]
+        self.assertEqual(codec.decode(body), {"blob": b"\x9f" * 1000, "items": [1, 2, 3]})
+
+    def test_nesting_beyond_the_limit_is_refused_in_counted_bodies(self) -> None:
+        codec = MsgpackCodec(types, Limits(max_depth=20))
+        within = {"blob": b"x" * 900, "deep": self.nested(19)}
+        self.assertEqual(codec.decode(codec.encode(within)), within)
+        key: Any = "k"
+        for _ in range(20):
+            key = (key,)  # through ext payloads (tuples), as a map key
+        for beyond in ({"blob": b"x" * 900, "deep": self.nested(21)},
+                       {"blob": b"x" * 900, "deep": {key: 1}},
+                       [b"x" * 900, Shape("s", self.nested(19))]):
+            body = codec.encode(beyond)
+            self.assertTrue(256 < len(body) <= 4096)
+            error = self.assertRaises(DecodeError, codec.decode, body)
+            self.assertIn("deeper than 20", str(error))
+
+    def test_bodies_of_many_containers_are_scanned_and_walked(self) -> None:
+        codec = MsgpackCodec(types, Limits(max_depth=20))
+        pairs = [[i, i] for i in range(100)]
+        self.assertEqual(codec.decode(codec.encode(pairs)), pairs)
+        self.assertGreater(codec._scan_next, 0)  # the next few are scanned at once
+        self.assertEqual(codec.decode(codec.encode(pairs)), pairs)
+        self.assertRaises(DecodeError, codec.decode, codec.encode([pairs, self.nested(20)]))
+
+    def test_a_registered_class_is_built_once(self) -> None:
+        codec = MsgpackCodec(types)
+        Built.built = 0
+        value = [b"x" * 1000, Built("once")]
+        self.assertEqual(codec.decode(codec.encode(value)), value)
+        self.assertEqual(Built.built, 2)  # the one encoded and the one decoded
+
+    def test_malformed_counted_bodies_get_the_plain_decoders_error(self) -> None:
+        codec = MsgpackCodec(types)
+        body = codec.encode({"blob": b"x" * 1000})
+        error = self.assertRaises(DecodeError, codec.decode, body[:-1])
+        self.assertIn("malformed msgpack", str(error))
+        error = self.assertRaises(DecodeError, codec.decode, body + b"\x01")
+        self.assertIn("trailing bytes", str(error))
 
 
 class JsonLookalikeTests(TestCase):
