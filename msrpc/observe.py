@@ -384,7 +384,7 @@ class ObservedProtocol(RpcProtocol):
     # gets slower (1 µs a call; see bench.instructions).
     __slots__ = ("observer", "_seconds", "_started", "_finished", "_tallies",
                  "_known_tallies", "_tally_only", "observed", "identified", "_refused",
-                 "_read_at", "_read_answered")
+                 "_read_answered")
 
     def __init__(self, settings: ProtocolSettings, dispatcher: Any, sweeper: Any,
                  observer: Observers, clock: IReactorTime) -> None:
@@ -407,10 +407,10 @@ class ObservedProtocol(RpcProtocol):
         self.identified = [] if self._tally_only else None
         #: Why requests kept as tuples were refused (rare, so not in the tuple).
         self._refused: dict[int, str] = {}
-        #: While a read is handled (tallies only): when it started, and each success
-        #: answered for a request of that read, counted when it ends, as three entries:
-        #: its tally, request body bytes and response frame bytes.
-        self._read_at = 0.0
+        #: While a read is handled (tallies only): the successes answered for requests of
+        #: that read, counted when it ends: the first one's arrival (the read's start, as
+        #: the dispatcher saw it), then three entries each: its tally, request body bytes
+        #: and response frame bytes.
         self._read_answered: Optional[list[Any]] = None
 
     def dataReceived(self, data: bytes) -> None:
@@ -419,13 +419,12 @@ class ObservedProtocol(RpcProtocol):
             return
         answered: list[Any] = []
         self._read_answered = answered
-        self._read_at = started = self._seconds()
         try:
             RpcProtocol.dataReceived(self, data)  # writes this read's responses
         finally:
             self._read_answered = None
         if answered:
-            _time_read(answered, self._seconds() - started)
+            _time_read(answered, self._seconds())
 
     def call_identified(self, rid: int, service: str, method: str, meta: Any,
                         started: float, size: int) -> None:
@@ -509,7 +508,9 @@ class ObservedProtocol(RpcProtocol):
         answered = self._read_answered
         if identified and answered is not None and identified[-1][0] == rid:
             # Noted by the dispatcher for this request of the read being handled.
-            _, tally, _, received = identified.pop()
+            _, tally, started, received = identified.pop()
+            if not answered:
+                answered.append(started)
             answered.append(tally)  # counted and timed with the read
             answered.append(received)
             answered.append(size)
@@ -566,21 +567,23 @@ class ObservedProtocol(RpcProtocol):
             self._unanswered(rid)  # running calls whose caller hung up
 
 
-def _time_read(answered: list[Any], duration: float) -> None:
-    """Count the successes answered in one read, each taking ``duration``: ``answered``
-    holds (tally, request body bytes, response frame bytes) of each, flattened.  Usually
-    they are all of one method, which a few operations in C count."""
-    tallies: list[Tally] = answered[0::3]
+def _time_read(answered: list[Any], ended: float) -> None:
+    """Count the successes answered in one read, which ended (its responses written)
+    at ``ended``: ``answered`` holds when the read began, then (tally, request body
+    bytes, response frame bytes) of each, flattened.  Usually they are all of one
+    method, which a few operations in C count."""
+    duration = ended - answered[0]
+    tallies = answered[1::3]
     first = tallies[0]
     n = len(tallies)
     if tallies.count(first) == n:
         first.durations += [duration] * n
-        first.received += HEADER_SIZE * n + sum(answered[1::3])
-        first.sent += sum(answered[2::3])
+        first.received += HEADER_SIZE * n + sum(answered[2::3])
+        first.sent += sum(answered[3::3])
         if len(first.durations) >= first.fold_at:
             first.fold()
         return
-    for i in range(0, len(answered), 3):
+    for i in range(1, len(answered), 3):
         tally, received, sent = answered[i:i + 3]
         tally.add(duration, HEADER_SIZE + received, sent)
 
