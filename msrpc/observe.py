@@ -150,6 +150,16 @@ class Tally:
         if len(durations) >= self.fold_at:
             self.fold()
 
+    def add_many(self, duration: float, n: int, received: int, sent: int) -> None:
+        """``n`` successes that took ``duration`` each (those of one server read), and
+        their frame bytes in all.  A subclass may count them at once."""
+        durations = self.durations
+        durations += [duration] * n
+        self.received += received
+        self.sent += sent
+        if len(durations) >= self.fold_at:
+            self.fold()
+
     def record(self, code: int | str, duration: float, received: int = 0, sent: int = 0,
                refused: str = "") -> None:
         """Any outcome, a success included (``refused`` as in ``CallInfo``)."""
@@ -573,19 +583,19 @@ def _time_read(answered: list[Any], ended: float) -> None:
     bytes, response frame bytes) of each, flattened.  Usually they are all of one
     method, which a few operations in C count."""
     duration = ended - answered[0]
+    if len(answered) == 4:  # one success (a read of one request: calls one at a time)
+        answered[1].add_many(duration, 1, HEADER_SIZE + answered[2], answered[3])
+        return
     tallies = answered[1::3]
     first = tallies[0]
     n = len(tallies)
     if tallies.count(first) == n:
-        first.durations += [duration] * n
-        first.received += HEADER_SIZE * n + sum(answered[2::3])
-        first.sent += sum(answered[3::3])
-        if len(first.durations) >= first.fold_at:
-            first.fold()
+        first.add_many(duration, n, HEADER_SIZE * n + sum(answered[2::3]),
+                       sum(answered[3::3]))
         return
     for i in range(1, len(answered), 3):
         tally, received, sent = answered[i:i + 3]
-        tally.add(duration, HEADER_SIZE + received, sent)
+        tally.add_many(duration, 1, HEADER_SIZE + received, sent)
 
 
 class TimedProtocol(RpcProtocol):
