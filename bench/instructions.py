@@ -49,9 +49,7 @@ def _session(side: str, system: str, batch: int) -> Any:
 def run_cell(side: str, system: str, batch: int, calls: int, warmup: int,
              payload: int = 0, kind: str = "bytes") -> None:
     """In the process valgrind watches: set up, warm up, count ``calls`` calls."""
-    from bench import workload
-
-    from bench import percall
+    from bench import percall, workload
 
     random.seed(0)
     workload.configure(payload or None, kind)

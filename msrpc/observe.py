@@ -393,8 +393,7 @@ class ObservedProtocol(RpcProtocol):
     # CPython's shared-key layout, and every ``self.x`` of the connection's hot path
     # gets slower (1 µs a call; see bench.instructions).
     __slots__ = ("observer", "_seconds", "_started", "_finished", "_tallies",
-                 "_known_tallies", "_tally_only", "observed", "identified", "_refused",
-                 "_read_answered")
+                 "_tally_only", "observed", "identified", "_refused", "_read_answered")
 
     def __init__(self, settings: ProtocolSettings, dispatcher: Any, sweeper: Any,
                  observer: Observers, clock: IReactorTime) -> None:
@@ -405,7 +404,6 @@ class ObservedProtocol(RpcProtocol):
         self._started = calls.call_started if calls is not None else None
         self._finished = calls.call_finished if calls is not None else None
         self._tallies = observer.tallies
-        self._known_tallies = observer.server_tallies
         #: Calls are only counted: each is a tuple.
         self._tally_only = calls is None and self._tallies is not None
         #: request id → the call waiting for its response (a ``ServerCall``, or a tuple
@@ -438,10 +436,6 @@ class ObservedProtocol(RpcProtocol):
 
     def call_identified(self, rid: int, service: str, method: str, meta: Any,
                         started: float, size: int) -> None:
-        identified = self.identified
-        if identified is not None:  # counted only: what a counting dispatcher does itself
-            identified.append((rid, self._tally(service, method), started, size))
-            return
         self._open(rid, service, method, meta, started, HEADER_SIZE + size)
 
     def _settle(self) -> None:
@@ -462,10 +456,7 @@ class ObservedProtocol(RpcProtocol):
         return self.observed.pop(rid, None)
 
     def _tally(self, service: str, method: str) -> Optional[Tally]:
-        try:
-            return self._known_tallies[service][method]
-        except KeyError:
-            return self.observer.tally(SERVER, service, method)
+        return self.observer.tally(SERVER, service, method)
 
     def _open(self, rid: int, service: str, method: str, meta: Any, started: float,
               bytes_in: int, starts: bool = True) -> Any:
