@@ -375,25 +375,25 @@ _send_response = RpcProtocol._send_response
 class ObservedProtocol(RpcProtocol):
     """
     A server connection whose calls are observed.  The dispatcher tells it once it knows
-    the method a request names (``call_identified``); the response written for it (or a
-    cancel, or the connection's end) closes the call.  A request refused before that
-    (limits, auth, undecodable, unknown method) is closed as ``other``/``other``, with
-    its size unknown (0).
+    the method a request names; the response written for it (or a cancel, or the
+    connection's end) closes the call.  A request refused before that (limits, auth,
+    undecodable, unknown method) is closed as ``other``/``other``, with its size unknown
+    (0).
 
     With per-call observers (``ICallObserver``) a call is a ``ServerCall`` they are
-    told of.  With tallies only (metrics) the dispatcher notes each call in
-    ``identified`` itself, no call made, and the sync handler's success takes it back
-    at once.  A success answered while its request's read is handled is timed with that
-    read: the responses of one read are written together once it has been handled, so
-    each took from the start of the read to that write (one clock read per read, not
-    one per call).
+    told of (``call_identified``).  With tallies only (metrics) a sync handler's success
+    comes with its tally (``reply_counted``) and nothing is kept for it; only calls not
+    answered at once are noted (``note_counted``).  A success answered while its
+    request's read is handled is timed with that read: the responses of one read are
+    written together once it has been handled, so each took from the start of the read
+    to that write (one clock read per read, not one per call).
     """
 
     # Slots, not the instance dict: a dict past 30 keys (RpcProtocol's and these) loses
     # CPython's shared-key layout, and every ``self.x`` of the connection's hot path
     # gets slower (1 µs a call; see bench.instructions).
     __slots__ = ("observer", "_seconds", "_started", "_finished", "_tallies",
-                 "_tally_only", "observed", "identified", "_refused", "_read_answered")
+                 "_tally_only", "observed", "_refused", "_read_answered")
 
     def __init__(self, settings: ProtocolSettings, dispatcher: Any, sweeper: Any,
                  observer: Observers, clock: IReactorTime) -> None:
@@ -409,10 +409,6 @@ class ObservedProtocol(RpcProtocol):
         #: request id → the call waiting for its response (a ``ServerCall``, or a tuple
         #: (tally, arrival time, request frame bytes)).
         self.observed: dict[int, Any] = {}
-        #: Calls only counted, as the dispatcher noted them (``RpcProtocol.identified``):
-        #: (request id, tally, arrival time, request body bytes), newest last.  Only
-        #: the newest is looked for there; looking for another moves all to ``observed``.
-        self.identified = [] if self._tally_only else None
         #: Why requests kept as tuples were refused (rare, so not in the tuple).
         self._refused: dict[int, str] = {}
         #: While a read is handled (tallies only): the successes answered for requests of
@@ -438,21 +434,30 @@ class ObservedProtocol(RpcProtocol):
                         started: float, size: int) -> None:
         self._open(rid, service, method, meta, started, HEADER_SIZE + size)
 
-    def _settle(self) -> None:
-        """Move the calls noted in ``identified`` to ``observed``."""
-        identified = self.identified or []
-        for rid, tally, started, size in identified:
-            self.observed[rid] = (tally, started, HEADER_SIZE + size)
-        identified.clear()
+    def note_counted(self, rid: int, tally: Any, started: float, size: int) -> None:
+        self.observed[rid] = (tally, started, HEADER_SIZE + size)
+
+    def reply_counted(self, rid: int, ser: int, codec: Any, data: Any, tally: Any,
+                      started: float, size: int) -> None:
+        """A sync handler's success on a server with metrics (the hot path): written as
+        ``reply_ok`` writes it, and counted with the read it answers."""
+        try:
+            body = codec.encode({"code": 200, "data": data})
+        except EncodeError:
+            self.note_counted(rid, tally, started, size)
+            self.reply(rid, ser, 200, data)
+            return
+        sent = _send_response(self, ser, rid, 200, body)
+        answered = self._read_answered
+        if answered is None:  # not in a read this connection times (or counts)
+            tally.add(self._seconds() - started, HEADER_SIZE + size, sent)
+            return
+        if not answered:
+            answered.append(started)
+        answered += (tally, size, sent)  # counted and timed with the read
 
     def _take(self, rid: int) -> Any:
         """Stop following request ``rid``: its call, or None if none is followed."""
-        identified = self.identified
-        if identified:
-            if identified[-1][0] == rid:
-                _, tally, started, size = identified.pop()
-                return (tally, started, HEADER_SIZE + size)
-            self._settle()
         return self.observed.pop(rid, None)
 
     def _tally(self, service: str, method: str) -> Optional[Tally]:
@@ -482,8 +487,6 @@ class ObservedProtocol(RpcProtocol):
     def note_refusal(self, rid: int, code: int) -> None:
         """Why request ``rid`` is refused (a dialect refusing in its own framing, such as
         ``msrpc.msgo.server``, notes it here too)."""
-        if self.identified:
-            self._settle()
         call = self.observed.get(rid)
         if call is None:  # refused before its method was known
             call = self._open(rid, OTHER, OTHER, None, self._seconds(), 0, starts=False)
@@ -495,30 +498,6 @@ class ObservedProtocol(RpcProtocol):
             self._refused[rid] = reason
         else:
             call.refused = reason
-
-    def reply_ok(self, rid: int, ser: int, codec: Any, data: Any) -> None:
-        """``RpcProtocol.reply_ok``, and a tallied success counted in the same frame:
-        the hot path of a server with metrics."""
-        try:
-            body = codec.encode({"code": 200, "data": data})
-        except EncodeError:
-            self.reply(rid, ser, 200, data)
-            return
-        size = _send_response(self, ser, rid, 200, body)
-        identified = self.identified
-        answered = self._read_answered
-        if identified and answered is not None and identified[-1][0] == rid:
-            # Noted by the dispatcher for this request of the read being handled.
-            _, tally, started, received = identified.pop()
-            if not answered:
-                answered.append(started)
-            answered.append(tally)  # counted and timed with the read
-            answered.append(received)
-            answered.append(size)
-            return
-        call = self._take(rid)
-        if call is not None:
-            self._ended(rid, call, 200, size)
 
     def _send_response(self, ser: int, rid: int, code: int, body: bytes) -> int:
         size = _send_response(self, ser, rid, code, body)
@@ -562,8 +541,6 @@ class ObservedProtocol(RpcProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
-        if self.identified:
-            self._settle()
         for rid in list(self.observed):
             self._unanswered(rid)  # running calls whose caller hung up
 

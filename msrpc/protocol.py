@@ -289,10 +289,6 @@ class RpcProtocol(Protocol):
 
     #: A body was written apart from its header since the last batched read.
     _apart = False
-    #: Where a dispatcher that counts calls (metrics) notes each request it is about to
-    #: run, as (request id, tally, arrival time, request body bytes): a list on the
-    #: connections that count (``msrpc.observe.ObservedProtocol``), None on others.
-    identified: Optional[list[Any]] = None
     #: When the read being handled began (``msrpc.observe.TimedProtocol`` sets it; 0.0
     #: on connections that do not time their reads).
     read_at = 0.0
@@ -400,6 +396,19 @@ class RpcProtocol(Protocol):
     #: A reply to a request that was not run (limits, auth, undecodable, unknown method):
     #: the same as ``reply``; observed server connections count these as refusals.
     refuse = reply
+
+    def reply_counted(self, rid: int, ser: int, codec: Any, data: Any, tally: Any,
+                      started: float, size: int) -> None:
+        """``reply_ok`` for a server that counts calls (metrics): ``tally`` is where the
+        success goes, ``started`` when the request arrived, ``size`` its body's bytes.
+        Counting connections (``msrpc.observe.ObservedProtocol``) count it; others,
+        made before counting began, just reply."""
+        self.reply_ok(rid, ser, codec, data)
+
+    def note_counted(self, rid: int, tally: Any, started: float, size: int) -> None:
+        """A counting server's request ``rid`` is not answered at once (refused after
+        its method was known, failed, or running): counting connections keep it until
+        its response (see ``reply_counted``)."""
 
     def call_identified(self, rid: int, service: str, method: str, meta: Any,
                         started: float, size: int) -> None:

@@ -144,8 +144,8 @@ class Dispatcher:
         #: (``incoming``), or both.
         self.observing = False
         self.identifying = False
-        #: Calls are only counted (metrics): each is noted in its connection's
-        #: ``identified`` with its method's tally, instead of told (``call_identified``).
+        #: Calls are only counted (metrics): each method has its tally (``Method.tally``),
+        #: and connections are not told of calls one by one (``call_identified``).
         self.counting = False
         self._observer: Optional[Observers] = None
         self.incoming: Optional[Callable[[Any], None]] = None
@@ -267,34 +267,36 @@ class Dispatcher:
         if self.observing:
             if self.incoming is not None:
                 self.incoming(meta)  # trace context (msrpc.observe.ICallContext)
-            if self.counting:
-                noted = protocol.identified
-                if noted is not None:
-                    noted.append((rid, method.tally, now, len(body)))
-            elif self.identifying:
+            if self.identifying and not self.counting:
                 protocol.call_identified(rid, service, name, meta, now, len(body))
+        # A counting server (``method.tally`` set) notes a call only when it is not
+        # answered at once (``_count_later``); a sync success is counted with its reply.
         remaining = meta.get("deadline") if meta.__class__ is dict else None
         # ``__class__ in`` is the cheap type test of the hot path; mypy cannot narrow it.
         if remaining is not None and not (remaining.__class__ in _NUMBERS
                                           and remaining > 0):  # type: ignore[operator]
-            protocol.refuse(rid, ser, 408, msg="deadline exceeded before the call ran")
+            self._refuse_known(protocol, rid, ser, method, now, body, 408,
+                               "deadline exceeded before the call ran")
             return
         if method.limiter is not None and not method.limiter.try_acquire(now):
-            protocol.refuse(rid, ser, 700, msg=f"rate limited: {service}.{name}")
+            self._refuse_known(protocol, rid, ser, method, now, body, 700,
+                               f"rate limited: {service}.{name}")
             return
         args = request.get("args", _NO_ARGS)
         kwargs = request.get("kwargs")
         if args.__class__ is not list and not isinstance(args, (list, tuple)) or \
                 kwargs is not None and kwargs.__class__ is not dict:
-            protocol.refuse(rid, ser, 400, msg="malformed request: args must be a list "
-                                                "and kwargs a map")
+            self._refuse_known(protocol, rid, ser, method, now, body, 400,
+                               "malformed request: args must be a list and kwargs a map")
             return
         if method.checker is not None:
             problem = method.checker(args, kwargs or _NO_KWARGS)
             if problem is not None:
-                protocol.refuse(rid, ser, 400, msg=f"{service}.{name}: {problem}")
+                self._refuse_known(protocol, rid, ser, method, now, body, 400,
+                                   f"{service}.{name}: {problem}")
                 return
         if method.blocking:
+            self._count_later(protocol, rid, method, now, body)
             self._run_on_thread(protocol, rid, ser, method, args, kwargs, now, remaining)
             return
         try:
@@ -302,19 +304,39 @@ class Dispatcher:
         except TypeError as e:
             if e.__traceback__ is not None and e.__traceback__.tb_next is None:
                 # Raised by the call itself, not inside the handler: wrong arguments.
-                protocol.refuse(rid, ser, 400, msg=f"{service}.{name}: {e}")
+                self._refuse_known(protocol, rid, ser, method, now, body, 400,
+                                   f"{service}.{name}: {e}")
             else:
+                self._count_later(protocol, rid, method, now, body)
                 self._handler_failed(protocol, rid, ser, method, Failure())
             return
         except Exception:
+            self._count_later(protocol, rid, method, now, body)
             self._handler_failed(protocol, rid, ser, method, Failure())
             return
         if result.__class__ in _PLAIN_RESULTS or not isinstance(result, _ASYNC_RESULTS):
-            protocol.reply_ok(rid, ser, codec, result)
+            if method.tally is None:
+                protocol.reply_ok(rid, ser, codec, result)
+            else:
+                protocol.reply_counted(rid, ser, codec, result, method.tally, now, len(body))
         else:
+            self._count_later(protocol, rid, method, now, body)
             deadline = (now + remaining / 1000.0  # type: ignore[operator]  # a number
                         if remaining is not None else None)
             self._track(protocol, rid, ser, method, result, deadline)
+
+    def _count_later(self, protocol: RpcProtocol, rid: int, method: Method, now: float,
+                     body: bytes) -> None:
+        """A counting server notes a call that is not answered at once, so that its
+        outcome is counted under its method when it is."""
+        if method.tally is not None:
+            protocol.note_counted(rid, method.tally, now, len(body))
+
+    def _refuse_known(self, protocol: RpcProtocol, rid: int, ser: int, method: Method,
+                      now: float, body: bytes, code: int, msg: str) -> None:
+        """Refuse a request whose method is known (a counting server counts it there)."""
+        self._count_later(protocol, rid, method, now, body)
+        protocol.refuse(rid, ser, code, msg=msg)
 
     def _msgo_request(self, protocol: RpcProtocol) -> Any:
         """The view a msgo request is served through, or None when msgo is off."""

@@ -23,6 +23,7 @@ from msrpc.observe import (
 from msrpc.protocol import RpcProtocol
 from msrpc.registry.static import StaticRegistry
 from msrpc.server import Server
+from msrpc.service import expose
 from msrpc.testing import MemoryNetwork
 
 
@@ -133,6 +134,17 @@ class Service:
     def tick(self) -> str:
         self.net.clock.advance(1.0)  # a sync handler that takes a second
         return "ticked"
+
+    def fail(self) -> None:
+        raise ValueError("broken")
+
+
+class ThreadedService(Service):
+    """``Service`` and a method for the server's handler threads."""
+
+    @expose(blocking=True)
+    def blocking_add(self, a: int, b: int) -> int:
+        return a + b
 
 
 class ServerSideTests(TestCase):
@@ -246,7 +258,7 @@ class TallyTests(TestCase):
     def setUp(self) -> None:
         self.net = MemoryNetwork()
         self.tallies = Tallies()
-        self.server = self.net.server({"svc": Service(self.net)}, observers=[self.tallies])
+        self.server = self.net.server({"svc": ThreadedService(self.net)}, observers=[self.tallies])
         self.client = self.net.client(observers=[self.tallies],
                                       retry=RetryPolicy(max_attempts=1))
 
@@ -300,6 +312,36 @@ class TallyTests(TestCase):
             tally = self.tallies.tallies[(side, "svc", "unsendable")]
             self.assertEqual(tally.durations, [])
             self.assertEqual([o[0] for o in tally.outcomes], [500])
+
+    def test_calls_not_answered_at_once_are_counted_under_their_method(self) -> None:
+        # Each leaves the dispatcher's quick path at a different point (a refusal after
+        # the lookup, a handler error, a handler thread); each keeps its method's labels.
+        self.server.dispatcher.limit_method("svc", "add", rate=1, burst=1)
+        added = self.client.call("svc", "add", 1, 2)  # the one the bucket lets through
+        calls = {
+            "limited": self.client.call("svc", "add", 3, 4),
+            "deadline": self.client.invoke("svc", "tick", meta={"deadline": 0}),
+            "fail": self.client.call("svc", "fail"),
+            "blocking_add": self.client.call("svc", "blocking_add", 2, 3),
+        }
+        self.net.flush()
+        self.assertEqual(self.successResultOf(added), 3)
+        for name in ("limited", "deadline", "fail"):
+            self.failureResultOf(calls[name])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(self.successResultOf(calls["blocking_add"]), 5)
+        outcomes = {method: [(o[0], o[4]) for o in self.tallies.tallies[
+            (SERVER, "svc", method)].outcomes] for method in ("add", "tick", "fail")}
+        self.assertEqual(outcomes, {"add": [(700, "rate_limited")],
+                                    "tick": [(408, "deadline_exceeded")],
+                                    "fail": [(500, "")]})
+        self.assertEqual(len(self.tallies.tallies[(SERVER, "svc", "add")].durations), 1)
+        # A handler thread's success (noted, then counted when its reply is written).
+        threaded = self.tallies.tallies[(SERVER, "svc", "blocking_add")]
+        self.assertEqual((len(threaded.durations), threaded.outcomes), (1, []))
+        self.assertGreater(threaded.received, 17)
+        self.assertGreater(threaded.sent, 17)
+        self.assertNotIn((SERVER, OTHER, OTHER), self.tallies.tallies)
 
     def test_cancelled_calls_are_recorded_on_both_sides(self) -> None:
         d = self.client.call("svc", "slow")

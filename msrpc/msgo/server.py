@@ -210,10 +210,15 @@ class MsgoRequest:
             note(rid, code)
         self.reply(rid, ser, code, data, msg, details)
 
-    @property
-    def identified(self) -> Any:
-        """Where a dispatcher that counts calls notes them: the connection's."""
-        return self.protocol.identified
+    def reply_counted(self, rid: int, ser: int, codec: Any, data: Any, tally: Any,
+                      started: float, size: int) -> None:
+        """A counted success: noted on the connection, which counts it when its
+        response frame is written."""
+        self.note_counted(rid, tally, started, size)
+        self.reply(rid, ser, 200, data)
+
+    def note_counted(self, rid: int, tally: Any, started: float, size: int) -> None:
+        self.protocol.note_counted(rid, tally, started, size)
 
     def call_identified(self, rid: int, service: str, method: str, meta: Any,
                         started: float, size: int) -> None:
