@@ -413,8 +413,8 @@ class ObservedProtocol(RpcProtocol):
         self._refused: dict[int, str] = {}
         #: While a read is handled (tallies only): the successes answered for requests of
         #: that read, counted when it ends: the first one's arrival (the read's start, as
-        #: the dispatcher saw it), then three entries each: its tally, request body bytes
-        #: and response frame bytes.
+        #: the dispatcher saw it), then three entries each: its tally, request body and
+        #: response frame bytes.
         self._read_answered: Optional[list[Any]] = None
 
     def dataReceived(self, data: bytes) -> None:
@@ -438,23 +438,26 @@ class ObservedProtocol(RpcProtocol):
         self.observed[rid] = (tally, started, HEADER_SIZE + size)
 
     def reply_counted(self, rid: int, ser: int, codec: Any, data: Any, tally: Any,
-                      started: float, size: int) -> None:
+                      started: float, request: bytes) -> None:
         """A sync handler's success on a server with metrics (the hot path): written as
-        ``reply_ok`` writes it, and counted with the read it answers."""
+        ``reply_ok`` writes it, and counted with the read it answers (the request's
+        size is taken then, with the others')."""
         try:
             body = codec.encode({"code": 200, "data": data})
         except EncodeError:
-            self.note_counted(rid, tally, started, size)
+            self.note_counted(rid, tally, started, len(request))
             self.reply(rid, ser, 200, data)
             return
         sent = _send_response(self, ser, rid, 200, body)
         answered = self._read_answered
         if answered is None:  # not in a read this connection times (or counts)
-            tally.add(self._seconds() - started, HEADER_SIZE + size, sent)
+            tally.add(self._seconds() - started, HEADER_SIZE + len(request), sent)
             return
         if not answered:
             answered.append(started)
-        answered += (tally, size, sent)  # counted and timed with the read
+        answered.append(tally)  # counted and timed with the read
+        answered.append(request)
+        answered.append(sent)
 
     def _take(self, rid: int) -> Any:
         """Stop following request ``rid``: its call, or None if none is followed."""
@@ -547,23 +550,23 @@ class ObservedProtocol(RpcProtocol):
 
 def _time_read(answered: list[Any], ended: float) -> None:
     """Count the successes answered in one read, which ended (its responses written)
-    at ``ended``: ``answered`` holds when the read began, then (tally, request body
-    bytes, response frame bytes) of each, flattened.  Usually they are all of one
-    method, which a few operations in C count."""
+    at ``ended``: ``answered`` holds when the read began, then (tally, request body,
+    response frame bytes) of each, flattened.  Usually they are all of one method,
+    which a few operations in C count."""
     duration = ended - answered[0]
     if len(answered) == 4:  # one success (a read of one request: calls one at a time)
-        answered[1].add_many(duration, 1, HEADER_SIZE + answered[2], answered[3])
+        answered[1].add_many(duration, 1, HEADER_SIZE + len(answered[2]), answered[3])
         return
     tallies = answered[1::3]
     first = tallies[0]
     n = len(tallies)
     if tallies.count(first) == n:
-        first.add_many(duration, n, HEADER_SIZE * n + sum(answered[2::3]),
+        first.add_many(duration, n, HEADER_SIZE * n + sum(map(len, answered[2::3])),
                        sum(answered[3::3]))
         return
     for i in range(1, len(answered), 3):
-        tally, received, sent = answered[i:i + 3]
-        tally.add_many(duration, 1, HEADER_SIZE + received, sent)
+        tally, request, sent = answered[i:i + 3]
+        tally.add_many(duration, 1, HEADER_SIZE + len(request), sent)
 
 
 class TimedProtocol(RpcProtocol):

@@ -398,11 +398,11 @@ class RpcProtocol(Protocol):
     refuse = reply
 
     def reply_counted(self, rid: int, ser: int, codec: Any, data: Any, tally: Any,
-                      started: float, size: int) -> None:
+                      started: float, request: bytes) -> None:
         """``reply_ok`` for a server that counts calls (metrics): ``tally`` is where the
-        success goes, ``started`` when the request arrived, ``size`` its body's bytes.
-        Counting connections (``msrpc.observe.ObservedProtocol``) count it; others,
-        made before counting began, just reply."""
+        success goes, ``started`` when the request arrived, ``request`` its body (whose
+        size is counted).  Counting connections (``msrpc.observe.ObservedProtocol``)
+        count it; others, made before counting began, just reply."""
         self.reply_ok(rid, ser, codec, data)
 
     def note_counted(self, rid: int, tally: Any, started: float, size: int) -> None:

@@ -139,11 +139,14 @@ class Dispatcher:
         self._max_per_connection = limits.max_in_flight_per_connection or float("inf")
         self.in_flight = 0
         self.draining = False
-        #: Whether the server has observers (``msrpc.observe``; set by ``observe``): its
-        #: connections follow calls (``identifying``) or context is carried in
-        #: (``incoming``), or both.
+        #: Whether requests are shown to observers as they are dispatched (set by
+        #: ``observe``): connections are told of each call (``telling``), or context is
+        #: carried in (``incoming``), or both.  Counting alone (metrics) needs neither.
         self.observing = False
+        #: Connections follow calls (to their response, a cancel or the connection's end).
         self.identifying = False
+        #: Connections are told of each call as the dispatcher identifies it.
+        self.telling = False
         #: Calls are only counted (metrics): each method has its tally (``Method.tally``),
         #: and connections are not told of calls one by one (``call_identified``).
         self.counting = False
@@ -177,12 +180,13 @@ class Dispatcher:
     def observe(self, observer: Optional[Observers]) -> None:
         """Tell ``observer`` of the requests dispatched from now on (None: stop).  When
         it sets context variables, each request runs in its own copy of the context."""
-        self.observing = observer is not None
         self._observer = observer
         self.counting = (observer is not None and observer.calls is None
                          and observer.tallies is not None)
         self.identifying = observer is not None and observer.follows_calls
+        self.telling = self.identifying and not self.counting
         self.incoming = observer.incoming if observer is not None else None
+        self.observing = self.telling or self.incoming is not None
         self._find_tallies()
         if observer is not None and observer.contextual:
             self.request_received = self._in_own_context  # type: ignore[method-assign]
@@ -267,7 +271,7 @@ class Dispatcher:
         if self.observing:
             if self.incoming is not None:
                 self.incoming(meta)  # trace context (msrpc.observe.ICallContext)
-            if self.identifying and not self.counting:
+            if self.telling:
                 protocol.call_identified(rid, service, name, meta, now, len(body))
         # A counting server (``method.tally`` set) notes a call only when it is not
         # answered at once (``_count_later``); a sync success is counted with its reply.
@@ -318,7 +322,7 @@ class Dispatcher:
             if method.tally is None:
                 protocol.reply_ok(rid, ser, codec, result)
             else:
-                protocol.reply_counted(rid, ser, codec, result, method.tally, now, len(body))
+                protocol.reply_counted(rid, ser, codec, result, method.tally, now, body)
         else:
             self._count_later(protocol, rid, method, now, body)
             deadline = (now + remaining / 1000.0  # type: ignore[operator]  # a number

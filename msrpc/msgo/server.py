@@ -211,10 +211,10 @@ class MsgoRequest:
         self.reply(rid, ser, code, data, msg, details)
 
     def reply_counted(self, rid: int, ser: int, codec: Any, data: Any, tally: Any,
-                      started: float, size: int) -> None:
+                      started: float, request: bytes) -> None:
         """A counted success: noted on the connection, which counts it when its
         response frame is written."""
-        self.note_counted(rid, tally, started, size)
+        self.note_counted(rid, tally, started, len(request))
         self.reply(rid, ser, 200, data)
 
     def note_counted(self, rid: int, tally: Any, started: float, size: int) -> None:
