@@ -108,15 +108,20 @@ class _Series(Tally):
             n = len(durations)  # appends after this (reactor thread) wait for next time
             if not n:
                 return
-            ordered = sorted(durations[:n])
+            ordered = durations[:n]
             del durations[:n]
+            ordered.sort()
             self.codes[200] += n
+            # Only the bounds between the shortest and the longest need counting up to:
+            # below the first, none; from the last on, all that are left.
+            buckets = self.buckets
+            last = bisect_left(BUCKETS, ordered[-1])
             below = 0
-            for i, bound in enumerate(BUCKETS):
-                upto = bisect_right(ordered, bound)
-                self.buckets[i] += upto - below
+            for i in range(bisect_left(BUCKETS, ordered[0]), last):
+                upto = bisect_right(ordered, BUCKETS[i])
+                buckets[i] += upto - below
                 below = upto
-            self.buckets[-1] += n - below
+            buckets[last] += n - below
             self.total += sum(ordered)
 
     def cumulative_buckets(self) -> list[tuple[str, float]]:

@@ -160,6 +160,23 @@ class ServerMetricsTests(TestCase):
                                service="shop", method="add"), 2500)
 
 
+    def test_a_fold_puts_each_duration_where_a_single_record_would(self) -> None:
+        # Edges included: a bound itself is "le" it; past the last bound is +Inf.
+        durations = [0.00001, 0.000025, 0.0003, 0.0005, 0.0005001, 0.003, 10.0, 20.0]
+        folded, recorded = (Metrics().tally("server", "shop", name) for name in "ab")
+        folded.durations.extend(durations)
+        folded.fold()
+        for duration in durations:
+            recorded.record(200, duration)
+        self.assertEqual(folded.buckets, recorded.buckets)
+        self.assertEqual(sum(folded.buckets), len(durations))
+        self.assertAlmostEqual(folded.total, recorded.total)
+        self.assertEqual(folded.codes, recorded.codes)
+        one = Metrics().tally("server", "shop", "c")  # all in one bucket: no bound between
+        one.durations.extend([0.0007, 0.0008])
+        one.fold()
+        self.assertEqual(one.buckets[BUCKETS.index(0.001)], 2)
+
     def test_the_same_counts_beside_a_per_call_observer_or_other_metrics(self) -> None:
         from msrpc.accesslog import AccessLog
         net, metrics, other = MemoryNetwork(), Metrics(), Metrics()
