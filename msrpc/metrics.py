@@ -102,6 +102,15 @@ class _Series(Tally):
         if refused:
             self._rejected[refused] += 1
 
+    def add_many(self, duration: float, n: int, received: int, sent: int) -> None:
+        # A server read's successes, counted at once (no durations kept for them).
+        with self._lock:
+            self.codes[200] += n
+            self.buckets[bisect_left(BUCKETS, duration)] += n
+            self.total += duration * n
+            self.received += received
+            self.sent += sent
+
     def fold(self) -> None:
         with self._lock:
             durations = self.durations

@@ -393,7 +393,8 @@ class ObservedProtocol(RpcProtocol):
     # CPython's shared-key layout, and every ``self.x`` of the connection's hot path
     # gets slower (1 µs a call; see bench.instructions).
     __slots__ = ("observer", "_seconds", "_started", "_finished", "_tallies",
-                 "_tally_only", "observed", "_refused", "_read_answered")
+                 "_tally_only", "observed", "_refused", "_reading", "_read_tally",
+                 "_read_start", "_read_n", "_read_in", "_read_out", "_read_others")
 
     def __init__(self, settings: ProtocolSettings, dispatcher: Any, sweeper: Any,
                  observer: Observers, clock: IReactorTime) -> None:
@@ -411,24 +412,30 @@ class ObservedProtocol(RpcProtocol):
         self.observed: dict[int, Any] = {}
         #: Why requests kept as tuples were refused (rare, so not in the tuple).
         self._refused: dict[int, str] = {}
-        #: While a read is handled (tallies only): the successes answered for requests of
-        #: that read, counted when it ends: the first one's arrival (the read's start, as
-        #: the dispatcher saw it), then three entries each: its tally, request body and
-        #: response frame bytes.
-        self._read_answered: Optional[list[Any]] = None
+        #: A read is being handled (tallies only).  The successes answered for its
+        #: requests are counted when it ends, as running totals (no per-call memory):
+        #: those of ``_read_tally`` (the method answered last) in ``_read_n`` calls,
+        #: ``_read_in`` request body bytes and ``_read_out`` response frame bytes, and
+        #: those of methods answered before it in the read in ``_read_others``, as
+        #: (tally, calls, body bytes, frame bytes).  ``_read_start``: the first one's
+        #: arrival (the read's start, as the dispatcher saw it).
+        self._reading = False
+        self._read_tally: Optional[Tally] = None
+        self._read_start = 0.0
+        self._read_n = self._read_in = self._read_out = 0
+        self._read_others: list[tuple[Tally, int, int, int]] = []
 
     def dataReceived(self, data: bytes) -> None:
         if not self._tally_only:
             RpcProtocol.dataReceived(self, data)
             return
-        answered: list[Any] = []
-        self._read_answered = answered
+        self._reading = True
         try:
             RpcProtocol.dataReceived(self, data)  # writes this read's responses
         finally:
-            self._read_answered = None
-        if answered:
-            _time_read(answered, self._seconds())
+            self._reading = False
+            if self._read_tally is not None:
+                self._count_read(self._seconds())
 
     def call_identified(self, rid: int, service: str, method: str, meta: Any,
                         started: float, size: int) -> None:
@@ -449,15 +456,39 @@ class ObservedProtocol(RpcProtocol):
             self.reply(rid, ser, 200, data)
             return
         sent = _send_response(self, ser, rid, 200, body)
-        answered = self._read_answered
-        if answered is None:  # not in a read this connection times (or counts)
-            tally.add(self._seconds() - started, HEADER_SIZE + len(request), sent)
+        if tally is self._read_tally:  # counted and timed with the read
+            self._read_n += 1
+            self._read_in += len(request)
+            self._read_out += sent
+        else:
+            self._count_apart(tally, started, len(request), sent)
+
+    def _count_apart(self, tally: Tally, started: float, size: int, sent: int) -> None:
+        """A success that is not of the method the read answered last: the read's
+        first, one of another method, or one answered outside a read."""
+        if not self._reading:
+            tally.add(self._seconds() - started, HEADER_SIZE + size, sent)
             return
-        if not answered:
-            answered.append(started)
-        answered.append(tally)  # counted and timed with the read
-        answered.append(request)
-        answered.append(sent)
+        if self._read_tally is None:
+            self._read_start = started
+        else:
+            self._read_others.append((self._read_tally, self._read_n, self._read_in,
+                                      self._read_out))
+        self._read_tally = tally
+        self._read_n, self._read_in, self._read_out = 1, size, sent
+
+    def _count_read(self, ended: float) -> None:
+        """Count the successes answered in the read that ended (its responses written)
+        at ``ended``: each took from the read's start until then."""
+        duration = ended - self._read_start
+        last: Any = self._read_tally
+        self._read_tally = None
+        n = self._read_n
+        last.add_many(duration, n, HEADER_SIZE * n + self._read_in, self._read_out)
+        if self._read_others:
+            for tally, n, size, sent in self._read_others:
+                tally.add_many(duration, n, HEADER_SIZE * n + size, sent)
+            self._read_others.clear()
 
     def _take(self, rid: int) -> Any:
         """Stop following request ``rid``: its call, or None if none is followed."""
@@ -546,27 +577,6 @@ class ObservedProtocol(RpcProtocol):
         super().connectionLost(reason)
         for rid in list(self.observed):
             self._unanswered(rid)  # running calls whose caller hung up
-
-
-def _time_read(answered: list[Any], ended: float) -> None:
-    """Count the successes answered in one read, which ended (its responses written)
-    at ``ended``: ``answered`` holds when the read began, then (tally, request body,
-    response frame bytes) of each, flattened.  Usually they are all of one method,
-    which a few operations in C count."""
-    duration = ended - answered[0]
-    if len(answered) == 4:  # one success (a read of one request: calls one at a time)
-        answered[1].add_many(duration, 1, HEADER_SIZE + len(answered[2]), answered[3])
-        return
-    tallies = answered[1::3]
-    first = tallies[0]
-    n = len(tallies)
-    if tallies.count(first) == n:
-        first.add_many(duration, n, HEADER_SIZE * n + sum(map(len, answered[2::3])),
-                       sum(answered[3::3]))
-        return
-    for i in range(1, len(answered), 3):
-        tally, request, sent = answered[i:i + 3]
-        tally.add_many(duration, 1, HEADER_SIZE + len(request), sent)
 
 
 class TimedProtocol(RpcProtocol):
