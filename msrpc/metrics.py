@@ -103,7 +103,11 @@ class _Series(Tally):
             self._rejected[refused] += 1
 
     def add_many(self, duration: float, n: int, received: int, sent: int) -> None:
-        # A server read's successes, counted at once (no durations kept for them).
+        # A server read's successes, counted at once (no durations kept for them); one
+        # (calls one at a time) is kept like a client's, to be folded with the others.
+        if n == 1:
+            self.add(duration, received, sent)
+            return
         with self._lock:
             self.codes[200] += n
             self.buckets[bisect_left(BUCKETS, duration)] += n

@@ -172,6 +172,16 @@ class ServerMetricsTests(TestCase):
         self.assertEqual(sum(folded.buckets), len(durations))
         self.assertAlmostEqual(folded.total, recorded.total)
         self.assertEqual(folded.codes, recorded.codes)
+        read = Metrics().tally("server", "shop", "d")  # a server read's successes
+        read.add_many(0.0003, 3, 60, 90)
+        read.add_many(0.003, 1, 20, 30)  # one: kept until a fold, like a client's
+        read.fold()
+        for duration in (0.0003, 0.0003, 0.0003, 0.003):
+            recorded.record(200, duration)
+        self.assertEqual([a - b for a, b in zip(recorded.buckets, folded.buckets)],
+                         read.buckets)
+        self.assertEqual((read.codes[200], read.received, read.sent), (4, 80, 120))
+        self.assertAlmostEqual(read.total, 0.0039)
         one = Metrics().tally("server", "shop", "c")  # all in one bucket: no bound between
         one.durations.extend([0.0007, 0.0008])
         one.fold()
