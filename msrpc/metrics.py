@@ -4,11 +4,12 @@ Prometheus metrics for servers, clients and registries: the ``msrpc[metrics]`` e
 msrpc imports this module unless metrics are asked for.
 
 Cheap on the call path: metrics are an ``ICallTallies`` observer, so a successful call
-costs its server or client a few appends (its duration to its method's list; on a
-server, frame sizes kept until its read is handled, and durations are timed once per
-read: ``msrpc.observe.ObservedProtocol``), no object and no call into this module; every
-``FOLD_EVERY`` calls (and at each scrape) the list is folded into the count and the
-histogram buckets with a sort and a few bisections, in C.  Other outcomes (errors,
+costs its client one append of its duration to its method's list, and its server a few
+additions to the running totals of the read it came in (timed once per read:
+``msrpc.observe.ObservedProtocol``), which go into the histogram at the read's end; no
+object and no call into this module per call.  Every ``FOLD_EVERY`` durations (and at
+each scrape) the list is folded into the count and the histogram buckets with a sort
+and a few bisections, in C.  Other outcomes (errors,
 refusals, cancels) are counted one by one.  Nothing is sampled: counts, sums and
 buckets are exact.  Gauges (calls in flight, connections, instances) are read from the
 live objects when scraped, so they cost nothing between scrapes.  prometheus_client

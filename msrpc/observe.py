@@ -119,10 +119,11 @@ class ICallContext(Interface):
 class Tally:
     """
     The outcomes of one method's calls on one side, recorded for an ``ICallTallies``
-    observer, which subclasses it.  A success costs the server or client an append to
-    ``durations`` (seconds) and, on a server, two additions to ``received`` and ``sent``
-    (frame bytes, header included); any other outcome goes through ``record``.  When
-    ``durations`` holds ``limit`` entries, the recorder calls ``fold``.
+    observer, which subclasses it.  A client's success costs an append to ``durations``
+    (seconds); a server counts the successes answered in one read together, when the
+    read ends (``add_many``: by default their durations appended and their frame bytes,
+    header included, added to ``received`` and ``sent``); any other outcome goes through
+    ``record``.  When ``durations`` holds ``limit`` entries, the recorder calls ``fold``.
 
     Recording happens on the reactor thread; ``fold`` may also run on another (a scrape
     from prometheus_client's own HTTP server), so it must take only the entries it
@@ -490,10 +491,6 @@ class ObservedProtocol(RpcProtocol):
                 tally.add_many(duration, n, HEADER_SIZE * n + size, sent)
             self._read_others.clear()
 
-    def _take(self, rid: int) -> Any:
-        """Stop following request ``rid``: its call, or None if none is followed."""
-        return self.observed.pop(rid, None)
-
     def _tally(self, service: str, method: str) -> Optional[Tally]:
         return self.observer.tally(SERVER, service, method)
 
@@ -544,7 +541,7 @@ class ObservedProtocol(RpcProtocol):
         return size
 
     def _answered(self, rid: int, code: int, size: int) -> None:
-        call = self._take(rid)
+        call = self.observed.pop(rid, None)
         if call is not None:
             self._ended(rid, call, code, size)
 
@@ -569,7 +566,7 @@ class ObservedProtocol(RpcProtocol):
         self._unanswered(rid)  # the server answers a cancelled call with nothing
 
     def _unanswered(self, rid: int) -> None:
-        call = self._take(rid)
+        call = self.observed.pop(rid, None)
         if call is not None:
             self._ended(rid, call, CANCELLED, 0)
 
